@@ -1,0 +1,507 @@
+"""`edgechat`: thin commands over the turn pipeline; text, rich tables or one JSON object."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .errors import EdgechatError
+
+app = typer.Typer(
+    name="edgechat",
+    help="Local chat with GGUF models: instant resume from a saved KV cache, memory-budget planning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+conversations_app = typer.Typer(help="List, show, export, rename and delete saved conversations.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry: list, pull (download), info (GGUF metadata).", no_args_is_help=True)
+app.add_typer(conversations_app, name="conversations")
+app.add_typer(models_app, name="models")
+
+_state: dict[str, Any] = {"home": None, "debug": False}
+
+# Engine and sampling options, shared by every command that loads a model.
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Registry name, owner/repo/file.gguf, or a local path.")]
+CtxOpt = Annotated[Optional[int], typer.Option("--ctx", help="Context length in tokens (default: the largest the budget allows).")]
+KvOpt = Annotated[Optional[str], typer.Option("--kv-type", help="KV cache type for K and V: f16, q8_0 or q4_0.")]
+KOpt = Annotated[Optional[str], typer.Option("--k-type", help="K cache type alone (overrides --kv-type).")]
+VOpt = Annotated[Optional[str], typer.Option("--v-type", help="V cache type alone (overrides --kv-type).")]
+FaOpt = Annotated[Optional[str], typer.Option("--flash-attn", help="on, off or auto (on when the V cache is quantized).")]
+GpuOpt = Annotated[Optional[str], typer.Option("--gpu-layers", help="auto or a number of layers to offload (-1: all).")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: physical cores).")]
+BudgetOpt = Annotated[Optional[int], typer.Option("--budget-mb", help="Memory the runtime may use, in MiB (default: a safe share of what is free).")]
+CompactOpt = Annotated[Optional[str], typer.Option("--compaction", help="When the context is full: summarize, truncate or off.")]
+MaxTokOpt = Annotated[Optional[int], typer.Option("--max-tokens", help="Longest reply, in tokens.")]
+TempOpt = Annotated[Optional[float], typer.Option("--temperature", help="0 is greedy and reproducible.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Sampling seed.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else on stdout.")]
+
+
+def _notice(msg: str) -> None:
+    print(f"note: {msg}", file=sys.stderr)
+
+
+def _fail(exc: BaseException) -> None:
+    if _state["debug"]:
+        raise exc
+    print(f"error: {exc}", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+def _flash(value: str | None) -> bool | None:
+    if value in (None, "auto"):
+        return None
+    if value in ("on", "true", "1"):
+        return True
+    if value in ("off", "false", "0"):
+        return False
+    raise EdgechatError(f"--flash-attn {value!r} is not on, off or auto", "use --flash-attn on|off|auto")
+
+
+def _runtime(
+    model: str | None = None,
+    ctx: int | None = None,
+    kv_type: str | None = None,
+    k_type: str | None = None,
+    v_type: str | None = None,
+    flash_attn: str | None = None,
+    gpu_layers: str | None = None,
+    threads: int | None = None,
+    budget_mb: int | None = None,
+    compaction: str | None = None,
+    **extra: Any,
+) -> Any:
+    from .session import Runtime
+
+    return Runtime(
+        model, home=_state["home"], kv_type=kv_type, type_k=k_type, type_v=v_type, ctx=ctx,
+        flash_attn=_flash(flash_attn), gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb,
+        compaction=compaction, on_notice=_notice, **extra,
+    )  # fmt: skip
+
+
+def _stream_out(pieces: Iterator[str]) -> None:
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def _guard(fn: Callable[[], None]) -> None:
+    """Run a command body: core errors become one line, Ctrl-C exits 130, never a traceback."""
+    try:
+        fn()
+    except EdgechatError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
+    except BrokenPipeError:
+        os._exit(0)
+
+
+@app.callback()
+def _main(
+    home: Annotated[Optional[Path], typer.Option("--home", help="Data directory (default: $EDGECHAT_HOME or the user data dir).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and llama.cpp's log.")] = False,
+) -> None:
+    _state["home"] = str(home) if home else None
+    _state["debug"] = debug
+    if debug:
+        os.environ["EDGECHAT_DEBUG"] = "1"
+
+
+# generate -----------------------------------------------------------------------------
+
+
+@app.command()
+def generate(
+    prompt: Annotated[Optional[str], typer.Argument(help="The prompt (read from stdin when omitted).")] = None,
+    system: Annotated[Optional[str], typer.Option("--system", help="System prompt.")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")] = False,
+    batch: Annotated[Optional[Path], typer.Option("--batch", help="JSONL file of prompts; one JSON line out per prompt.")] = None,
+    model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
+    flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
+    max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None, json_out: JsonOpt = False,
+) -> None:  # fmt: skip
+    """One stateless completion, streamed to stdout."""
+
+    def body() -> None:
+        if batch is None:
+            text = prompt
+            if text is None:
+                if sys.stdin.isatty():
+                    raise EdgechatError("no prompt given", 'pass it as an argument or pipe it in: echo "hi" | edgechat generate')
+                text = sys.stdin.read()
+            if not text.strip():
+                raise EdgechatError("the prompt is empty", "give a prompt to complete")
+        with _runtime(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb) as rt:
+            sampling = rt.sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
+            if batch is not None:
+                _run_batch(rt, batch, system, raw, sampling)
+                return
+            stream = rt.generate(text, system=system, raw=raw, sampling=sampling)
+            if json_out:
+                print(json.dumps(asdict(stream.run())))
+            else:
+                _stream_out(iter(stream))
+
+    _guard(body)
+
+
+def _run_batch(rt: Any, path: Path, system: str | None, raw: bool, sampling: Any) -> None:
+    from dataclasses import replace
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise EdgechatError(f"cannot read {path}: {exc.strerror}", "check the --batch path") from exc
+    failed = 0
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            if isinstance(item, str):
+                item = {"prompt": item}
+            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+                raise EdgechatError(f"{path}:{n}: each line needs a \"prompt\" string", "see README: generate --batch")
+            s = replace(sampling, **{k: item[k] for k in ("max_tokens", "temperature", "seed") if k in item})
+            result = rt.generate(item["prompt"], system=item.get("system", system), raw=item.get("raw", raw), sampling=s).run()
+            out = {"line": n, **({"id": item["id"]} if "id" in item else {}), **asdict(result)}
+        except json.JSONDecodeError as exc:
+            failed += 1
+            out = {"line": n, "error": f"{path}:{n}: not JSON ({exc.msg})"}
+        except EdgechatError as exc:
+            failed += 1
+            out = {"line": n, "error": str(exc)}
+        print(json.dumps(out), flush=True)
+    if failed:
+        print(f"error: {failed} of the prompts failed (see their \"error\" lines)", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+# send -----------------------------------------------------------------------------------
+
+
+@app.command()
+def send(
+    message: Annotated[str, typer.Argument(help="The message ('-' reads it from stdin).")],
+    new: Annotated[bool, typer.Option("--new", help="Start a new conversation.")] = False,
+    conversation: Annotated[Optional[str], typer.Option("--conversation", "-c", help="Continue conversation ID.")] = None,
+    cont: Annotated[bool, typer.Option("--continue", help="Continue the most recent conversation.")] = False,
+    system: Annotated[Optional[str], typer.Option("--system", help="System prompt for a new conversation.")] = None,
+    model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
+    flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
+    compaction: CompactOpt = None, max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None,
+    json_out: JsonOpt = False,
+) -> None:  # fmt: skip
+    """One turn of a saved conversation (new, by id, or the latest)."""
+
+    def body() -> None:
+        if sum([new, conversation is not None, cont]) != 1:
+            raise EdgechatError("say which conversation", "use exactly one of --new, -c ID or --continue")
+        text = sys.stdin.read() if message == "-" else message
+        with _runtime(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction) as rt:
+            if new:
+                conv = rt.new_conversation(system_prompt=system, model=model)
+            elif conversation is not None:
+                conv = rt.conversation(conversation)
+            else:
+                conv = rt.latest()
+                if conv is None:
+                    raise EdgechatError("there is no conversation to continue", "start one with: edgechat send --new MESSAGE")
+            turn = conv.stream(text, max_tokens=max_tokens, temperature=temperature, seed=seed)
+            if json_out:
+                for _ in turn:
+                    pass
+                print(json.dumps(turn.reply.to_json()))
+            else:
+                _stream_out(iter(turn))
+                st = turn.reply.stats
+                print(
+                    f"[{st.conversation_id} · {st.restored_from} · ttft {st.ttft_s:.2f}s · "
+                    f"{st.decode_tokens_per_s:.1f} tok/s · {st.context_tokens}/{st.context_limit} tokens"
+                    f"{' · compacted' if st.compacted else ''}]",
+                    file=sys.stderr,
+                )
+
+    _guard(body)
+
+
+# chat -----------------------------------------------------------------------------------
+
+
+@app.command()
+def chat(
+    conversation: Annotated[Optional[str], typer.Option("--conversation", "-c", help="Open conversation ID.")] = None,
+    cont: Annotated[bool, typer.Option("--continue", help="Reopen the most recent conversation.")] = False,
+    model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
+    flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
+    compaction: CompactOpt = None,
+) -> None:  # fmt: skip
+    """The terminal chat UI."""
+
+    def body() -> None:
+        from .tui.app import run_app
+
+        options = dict(
+            model=model, ctx=ctx, kv_type=kv_type, k_type=k_type, v_type=v_type, flash_attn=flash_attn,
+            gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb, compaction=compaction,
+        )  # fmt: skip
+        run_app(lambda notice: _runtime(**options, on_notice_override=notice), conversation=conversation, cont=cont)
+
+    _guard(body)
+
+
+# conversations --------------------------------------------------------------------------
+
+
+def _store() -> Any:
+    from .config import resolve_paths
+    from .store import Store
+
+    return Store(resolve_paths(_state["home"]).db_path)
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+@conversations_app.command("list")
+def conversations_list(
+    search: Annotated[str, typer.Option("--search", "-s", help="Only titles containing this.")] = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Saved conversations, most recent first."""
+
+    def body() -> None:
+        items = _store().conversations(search)
+        if json_out:
+            print(json.dumps([asdict(c) for c in items]))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("id", "title", "model", "messages", "tokens", "updated", box=None)
+        for c in items:
+            table.add_row(c.id, c.title, c.model, str(c.message_count), str(c.token_count), _when(c.updated_at))
+        Console().print(table if items else "no conversations yet: edgechat send --new \"hello\"")
+
+    _guard(body)
+
+
+@conversations_app.command("show")
+def conversations_show(conversation_id: str, json_out: JsonOpt = False) -> None:
+    """Every message of a conversation, compacted ones included."""
+
+    def body() -> None:
+        store = _store()
+        rec = store.conversation(conversation_id)
+        msgs = store.messages(rec.id)
+        if json_out:
+            print(json.dumps({"conversation": asdict(rec), "messages": [asdict(m) for m in msgs]}))
+            return
+        print(f"# {rec.title}  ({rec.id}, {rec.model})")
+        for m in msgs:
+            tags = [t for t, on in (("summary", m.kind == "summary"), ("compacted", m.compacted), ("stopped", m.partial)) if on]
+            print(f"\n[{m.role}{' · ' + ', '.join(tags) if tags else ''}]\n{m.content}")
+
+    _guard(body)
+
+
+@conversations_app.command("export")
+def conversations_export(
+    conversation_id: str,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="md or json.")] = "md",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+) -> None:
+    """Export a conversation to Markdown or JSON."""
+
+    def body() -> None:
+        from .export import to_json, to_markdown
+
+        store = _store()
+        rec = store.conversation(conversation_id)
+        msgs = store.messages(rec.id)
+        if fmt not in ("md", "json"):
+            raise EdgechatError(f"unknown format {fmt!r}", "use --format md or --format json")
+        text = to_markdown(rec, msgs) if fmt == "md" else to_json(rec, msgs)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text, encoding="utf-8")
+            print(f"wrote {output}", file=sys.stderr)
+
+    _guard(body)
+
+
+@conversations_app.command("rename")
+def conversations_rename(conversation_id: str, title: str) -> None:
+    """Give a conversation a new title."""
+
+    def body() -> None:
+        store = _store()
+        rec = store.conversation(conversation_id)
+        store.rename(rec.id, title)
+
+    _guard(body)
+
+
+@conversations_app.command("delete")
+def conversations_delete(
+    conversation_id: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Delete a conversation, its messages and its saved state."""
+
+    def body() -> None:
+        from .config import resolve_paths
+        from .lock import ConversationLock
+        from .state import StateFiles
+
+        store = _store()
+        rec = store.conversation(conversation_id)
+        if not yes and sys.stdin.isatty() and not typer.confirm(f"delete {rec.id} ({rec.title!r}, {rec.message_count} messages)?"):
+            raise typer.Exit(1)
+        paths = resolve_paths(_state["home"])
+        with ConversationLock(paths.data_dir / "locks", rec.id, timeout_s=5):
+            store.delete_conversation(rec.id)
+            StateFiles(paths.states_dir).delete(rec.id)
+        print(f"deleted {rec.id}", file=sys.stderr)
+
+    _guard(body)
+
+
+# models ---------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list(json_out: JsonOpt = False) -> None:
+    """Models in the registry (packaged plus your models.toml) and whether they are downloaded."""
+
+    def body() -> None:
+        from .config import resolve_paths
+        from .registry import Registry, list_models
+
+        paths = resolve_paths(_state["home"])
+        rows = list_models(Registry.load(paths), paths)
+        if json_out:
+            print(json.dumps(rows, default=str))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("name", "quant", "downloaded", "context", "source", "note", box=None)
+        for r in rows:
+            table.add_row(
+                str(r.get("name")), str(r.get("quant", r.get("default_quant", ""))),
+                "yes" if r.get("downloaded") else "", str(r.get("context_length", "")),
+                str(r.get("source", "")), str(r.get("note", "")),
+            )  # fmt: skip
+        Console().print(table)
+
+    _guard(body)
+
+
+@models_app.command("pull")
+def models_pull(
+    name: Annotated[str, typer.Argument(help="Registry name (name:quant) or owner/repo/file.gguf.")],
+    quant: Annotated[Optional[str], typer.Option("--quant", help="Quantization to fetch.")] = None,
+) -> None:
+    """Download a model (resumable, checksum-verified)."""
+
+    def body() -> None:
+        from .config import resolve_paths
+        from .registry import pull
+
+        path = pull(name, resolve_paths(_state["home"]), quant=quant)
+        print(path)
+
+    _guard(body)
+
+
+@models_app.command("info")
+def models_info(
+    name: Annotated[str, typer.Argument(help="Registry name, owner/repo/file.gguf, or a local path.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """What the GGUF header says (read without loading the weights)."""
+
+    def body() -> None:
+        from .config import resolve_paths
+        from .gguf_info import read_gguf
+        from .registry import resolve_model
+
+        resolved = resolve_model(name, resolve_paths(_state["home"]), download=False)
+        summary = read_gguf(resolved.path).summary()
+        if json_out:
+            print(json.dumps(summary))
+            return
+        width = max(len(k) for k in summary)
+        for k, v in summary.items():
+            print(f"{k:<{width}}  {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k:<{width}}  {v}")
+
+    _guard(body)
+
+
+# plan -------------------------------------------------------------------------------------
+
+
+@app.command()
+def plan(
+    model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
+    gpu_layers: GpuOpt = None, budget_mb: BudgetOpt = None,
+    swa_full: Annotated[bool, typer.Option("--swa-full/--no-swa-full", help="Full-size sliding-window cache.")] = True,
+    json_out: JsonOpt = False,
+) -> None:  # fmt: skip
+    """Predict memory use from the GGUF header and pick the largest context that fits."""
+
+    def body() -> None:
+        from .config import load_defaults, resolve_paths
+        from .gguf_info import read_gguf
+        from .planner import format_plan
+        from .planner import plan as make_plan
+        from .registry import resolve_model
+
+        paths = resolve_paths(_state["home"])
+        d = load_defaults(paths)
+        resolved = resolve_model(model or d.model, paths, download=False)
+        kv = kv_type or d.kv_type
+        g = gpu_layers or d.gpu_layers
+        p = make_plan(
+            read_gguf(resolved.path), n_ctx=ctx or d.ctx, type_k=k_type or kv, type_v=v_type or kv,
+            gpu_layers="auto" if g in (None, "auto") else int(g),
+            budget_bytes=(budget_mb or d.budget_mb or 0) * (1 << 20) or None, swa_full=swa_full,
+        )  # fmt: skip
+        if json_out:
+            print(json.dumps(asdict(p), default=str))
+            return
+        from rich.console import Console
+
+        Console().print(format_plan(p))
+
+    _guard(body)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""What to do when the next turn would not fit: summarize, truncate (shift), or refuse.
+
+The transcript never loses a message: compacted ones are only marked, and a summary is
+stored as a message of its own. These functions decide and produce; session.py persists.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .config import SamplingSettings
+from .engine import Engine
+from .errors import BudgetError
+from .store import Message
+
+# Compact down to this share of the context so the next few turns fit without compacting again.
+TARGET_SHARE = 0.6
+SUMMARY_MAX_TOKENS = 160
+SUMMARY_INSTRUCTION = (
+    "Summarize the conversation so far in a few short sentences. Keep names, numbers, "
+    "decisions and open questions. Reply with the summary only."
+)
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """One compaction: which messages left the context, and what replaced them."""
+
+    policy: str  # "summarize" | "truncate"
+    compacted_ids: tuple[int, ...]
+    summary: str | None
+    shifted: bool  # truncation done in the KV cache, without re-prefill
+    seconds: float
+    tokens_before: int
+    tokens_after: int
+
+
+def cut_points(messages: Sequence[Message]) -> list[int]:
+    """Indices where a turn starts: compaction never splits a user message from its reply."""
+    return [i for i, m in enumerate(messages) if m.role == "user" and i > 0] + [len(messages)]
+
+
+def choose_cut(
+    messages: Sequence[Message],
+    prompt_len: Callable[[int], int],
+    reserve: int,
+    n_ctx: int,
+) -> int:
+    """The fewest oldest messages to drop so prompt + reply fits in TARGET_SHARE of the context.
+
+    prompt_len(k) is the prompt's token count with messages[:k] compacted. Falls back to
+    whatever fits the whole context; raises BudgetError when even the new message alone
+    does not fit.
+    """
+    target = max(int(n_ctx * TARGET_SHARE), 1)
+    cuts = cut_points(messages)
+    for k in cuts:
+        if prompt_len(k) + reserve <= target:
+            return k
+    for k in cuts:
+        if prompt_len(k) + reserve <= n_ctx:
+            return k
+    alone = prompt_len(len(messages))
+    raise BudgetError(
+        f"this message needs {alone} tokens plus {reserve} for the reply; the context holds {n_ctx}",
+        "shorten the message, lower --max-tokens, or raise --ctx",
+    )
+
+
+def summarize(
+    engine: Engine,
+    history: list[dict[str, str]],
+    sampling: SamplingSettings,
+) -> str:
+    """Ask the model itself for a summary of `history` (system + the turns to compact).
+
+    The prompt starts with the same rendered turns that are already in the KV cache, so
+    llama.cpp's prefix reuse means only the instruction is prefilled, not the history.
+    """
+    prompt = [*history, {"role": "user", "content": SUMMARY_INSTRUCTION}]
+    tokens = engine.chat_tokens(prompt)
+    if len(tokens) + SUMMARY_MAX_TOKENS > engine.n_ctx:
+        # The old turns alone overflow the context: summarize a condensed copy instead.
+        tokens = engine.chat_tokens(_condensed(history, engine, engine.n_ctx - SUMMARY_MAX_TOKENS - 64))
+    gen = engine.generate(
+        tokens,
+        SamplingSettings(max_tokens=SUMMARY_MAX_TOKENS, temperature=0.0, seed=sampling.seed),
+    )
+    text = gen.run().strip()
+    return text or "(earlier turns omitted)"
+
+
+def _condensed(history: list[dict[str, str]], engine: Engine, budget: int) -> list[dict[str, str]]:
+    lines = [f"{m['role']}: {m['content']}" for m in history if m["role"] != "system"]
+    text = "\n".join(lines)
+    while text and engine.count_tokens(text) > budget - 64:
+        text = text[len(text) // 4 :]
+    return [{"role": "user", "content": f"Conversation so far:\n{text}\n\n{SUMMARY_INSTRUCTION}"}]
+
+
+def timed(fn: Callable[[], str]) -> tuple[str, float]:
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t

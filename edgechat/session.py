@@ -1,0 +1,650 @@
+"""The turn pipeline, shared by the CLI, the UI and the Python API.
+
+    message ─► restore (memory ▸ state file ▸ transcript) ─► budget (compact if needed)
+            ─► prefill only what the cache lacks ─► stream ─► store the turn ─► save KV state
+
+The transcript in SQLite is the truth; the live KV cache, the in-RAM LRU and the state
+files are three caches of it, checked token by token before use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from . import compaction as compact
+from .config import COMPACTION_POLICIES, KV_TYPES, EngineSettings, SamplingSettings, load_defaults, resolve_paths
+from .engine import Engine, Generation, llama_build
+from .errors import BudgetError, Cancelled, ConfigError, EdgechatError, StateError
+from .gguf_info import GGUFInfo, read_gguf
+from .lock import ConversationLock
+from .state import StateFiles, model_fingerprint
+from .store import ConversationRecord, Message, NewMessage, Store
+
+Notice = Callable[[str], None]
+RAM_CACHE_BYTES = 512 << 20
+# Free RAM below this share of the total makes the runtime drop its in-RAM state cache.
+LOW_MEMORY_SHARE = 0.10
+
+
+@dataclass(frozen=True)
+class TurnStats:
+    """One turn's figures: exactly the `send --json` fields (plus `reply`, added by Reply.to_json)."""
+
+    conversation_id: str
+    restored_from: str  # new | memory | state | transcript
+    prefill_tokens: int
+    completion_tokens: int
+    context_tokens: int
+    context_limit: int
+    compacted: bool
+    ttft_s: float
+    decode_tokens_per_s: float
+    kv_type: str
+    finish_reason: str
+    restore_s: float
+    compaction_s: float
+    state_save_s: float
+    state_bytes: int
+    model: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    stats: TurnStats
+    notices: tuple[str, ...] = ()
+    compaction: compact.Compaction | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self.stats)
+        return {"conversation_id": data.pop("conversation_id"), "reply": self.text, **data}
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """The `generate --json` fields."""
+
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float
+    decode_tokens_per_s: float
+    kv_type: str
+    finish_reason: str
+    prefill_tokens: int
+
+
+def kv_label(settings: EngineSettings) -> str:
+    return settings.type_k if settings.type_k == settings.type_v else f"{settings.type_k}/{settings.type_v}"
+
+
+class Runtime:
+    """A loaded model plus the conversation store: what scripts and the UI hold on to."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        home: str | Path | None = None,
+        kv_type: str | None = None,
+        type_k: str | None = None,
+        type_v: str | None = None,
+        ctx: int | None = None,
+        gpu_layers: str | int | None = None,
+        threads: int | None = None,
+        budget_mb: int | None = None,
+        compaction: str | None = None,
+        flash_attn: bool | None = None,
+        swa_full: bool = True,
+        system_prompt: str | None = None,
+        download: bool = True,
+        lock_timeout_s: float | None = None,
+        on_notice: Notice | None = None,
+    ) -> None:
+        self.paths = resolve_paths(home)
+        self.defaults = load_defaults(self.paths)
+        d = self.defaults
+        self.model_spec = model or d.model
+        kv = kv_type or d.kv_type
+        self.type_k = type_k or kv
+        self.type_v = type_v or kv
+        for t in (self.type_k, self.type_v):
+            if t not in KV_TYPES:
+                raise ConfigError(f"unknown KV cache type {t!r}", f"use one of {', '.join(KV_TYPES)}")
+        self.ctx = ctx or d.ctx
+        self.gpu_layers = gpu_layers if gpu_layers is not None else d.gpu_layers
+        self.threads = threads or d.threads
+        self.budget_mb = budget_mb or d.budget_mb
+        self.compaction = compaction or d.compaction
+        if self.compaction not in COMPACTION_POLICIES:
+            raise ConfigError(f"unknown compaction policy {self.compaction!r}", f"use one of {COMPACTION_POLICIES}")
+        self.flash_attn = flash_attn
+        self.swa_full = swa_full
+        self.system_prompt = d.system_prompt if system_prompt is None else system_prompt
+        self.download = download
+        self.lock_timeout_s = lock_timeout_s if lock_timeout_s is not None else float(os.environ.get("EDGECHAT_LOCK_TIMEOUT", "30"))
+        self.on_notice: Notice = on_notice or (lambda _msg: None)
+        self.store = Store(self.paths.db_path)
+        self.states = StateFiles(self.paths.states_dir)
+        self.engine: Engine | None = None
+        self.model_name = ""
+        self.plan: Any = None
+        self._fingerprint = ""
+        self._owner: str | None = None  # the conversation whose tokens fill the live cache
+        self._ram: OrderedDict[str, tuple[list[int], bytes]] = OrderedDict()
+        self._ram_limit = RAM_CACHE_BYTES
+        self._turn_lock = threading.RLock()
+
+    # lifecycle ------------------------------------------------------------------------
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+        self.store.close()
+
+    def load(self, model: str | None = None) -> Engine:
+        """Resolve, plan and load the model (once; again only when a different one is asked for)."""
+        from .registry import resolve_model
+
+        spec = model or self.model_spec
+        if self.engine is not None and spec in (self.model_spec, self.model_name):
+            return self.engine
+        resolved = resolve_model(spec, self.paths, download=self.download)
+        info = read_gguf(resolved.path)
+        settings = self._settings_for(resolved.path, info)
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+            self._owner = None
+            self._ram.clear()
+        self.engine = Engine(settings, info)
+        self.model_spec = spec
+        self.model_name = resolved.name
+        self._fingerprint = model_fingerprint(resolved.path, self.paths.fingerprint_cache)
+        return self.engine
+
+    def _settings_for(self, path: Path, info: GGUFInfo) -> EngineSettings:
+        """Size the context and offload to the budget (planner), honouring explicit options."""
+        try:
+            from . import planner
+        except ImportError:  # pragma: no cover - planner ships with the package
+            planner = None  # type: ignore[assignment]
+        gpu = self.gpu_layers
+        gpu_layers: int | str = "auto" if gpu in (None, "auto") else int(gpu)
+        if planner is not None and hasattr(planner, "plan"):
+            self.plan = planner.plan(
+                info,
+                n_ctx=self.ctx,
+                type_k=self.type_k,
+                type_v=self.type_v,
+                gpu_layers=gpu_layers,
+                budget_bytes=self.budget_mb * (1 << 20) if self.budget_mb else None,
+                swa_full=self.swa_full,
+            )
+            settings: EngineSettings = self.plan.engine_settings(str(path), threads=self.threads, seed=0)
+            return replace(settings, flash_attn=self.flash_attn if self.flash_attn is not None else settings.flash_attn)
+        n_ctx = self.ctx or min(4096, info.context_length or 4096)
+        return EngineSettings(
+            model_path=str(path), n_ctx=n_ctx, type_k=self.type_k, type_v=self.type_v,
+            flash_attn=self.flash_attn, gpu_layers=0 if gpu_layers == "auto" else int(gpu_layers),
+            threads=self.threads, swa_full=self.swa_full,
+        )  # fmt: skip
+
+    # conversations --------------------------------------------------------------------
+
+    def new_conversation(self, title: str = "", *, system_prompt: str | None = None, model: str | None = None) -> Conversation:
+        settings = {
+            "system_prompt": self.system_prompt if system_prompt is None else system_prompt,
+            "compaction": self.compaction,
+        }
+        record = self.store.create_conversation(model or self.model_spec, settings, title)
+        return Conversation(self, record.id)
+
+    def conversation(self, cid: str) -> Conversation:
+        return Conversation(self, self.store.conversation(cid).id)
+
+    def latest(self) -> Conversation | None:
+        record = self.store.latest()
+        return Conversation(self, record.id) if record else None
+
+    def conversations(self, search: str = "") -> list[ConversationRecord]:
+        return self.store.conversations(search)
+
+    def delete_conversation(self, cid: str) -> None:
+        cid = self.store.conversation(cid).id
+        with ConversationLock(self.paths.data_dir / "locks", cid, self.lock_timeout_s):
+            self.store.delete_conversation(cid)
+            self.states.delete(cid)
+            self._ram.pop(cid, None)
+            if self._owner == cid:
+                self._owner = None
+
+    # stateless generation -------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        system: str | None = None,
+        raw: bool = False,
+        sampling: SamplingSettings | None = None,
+        stop: threading.Event | None = None,
+    ) -> GenerateStream:
+        return GenerateStream(self, prompt, system, raw, sampling or self.sampling(), stop)
+
+    def sampling(self, **overrides: Any) -> SamplingSettings:
+        d = self.defaults
+        base = SamplingSettings(max_tokens=d.max_tokens, temperature=d.temperature, seed=d.seed)
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+    # the caches -----------------------------------------------------------------------
+
+    def _restore(self, cid: str, engine: Engine, tokens: list[int], has_history: bool) -> str:
+        """Put the conversation's KV state in the live cache from the cheapest valid source."""
+        if self._owner == cid and engine.common_prefix(tokens) > 0:
+            return "memory"
+        if self._owner is not None and self._owner != cid and engine.n_cached:
+            self._remember(self._owner, engine)
+        self._owner = None
+        if cid in self._ram:
+            saved, data = self._ram.pop(cid)
+            if _common_prefix(saved, tokens) > 0:
+                try:
+                    engine.set_state_bytes(data, saved)
+                    self._owner = cid
+                    return "memory"
+                except StateError:
+                    pass
+        if not has_history:
+            self._owner = cid
+            return "new"
+        header = None
+        try:
+            header = self.states.read_header(cid, missing_ok=True)
+            if header is not None:
+                if header.conversation_id != cid:
+                    raise StateError(f"the state file belongs to another conversation ({header.conversation_id})")
+                s = engine.settings
+                header.check_compatible(
+                    fingerprint=self._fingerprint, type_k=s.type_k, type_v=s.type_v,
+                    flash_attn=s.use_flash_attn, build=llama_build(),
+                )  # fmt: skip
+                if _common_prefix(header.tokens, tokens) == 0:
+                    raise StateError("the saved state does not match the transcript")
+                if len(header.tokens) > engine.n_ctx:
+                    raise StateError(f"the saved state holds {len(header.tokens)} tokens, more than this context")
+                engine.load_state(self.states.verified_payload(header), header.tokens)
+                self._owner = cid
+                return "state"
+        except StateError as exc:
+            self.on_notice(f"saved state of conversation {cid} not used ({exc.message}); rebuilding it from the transcript")
+            self.states.delete(cid)
+        self._owner = cid
+        return "transcript"
+
+    def _remember(self, cid: str, engine: Engine) -> None:
+        """Keep a conversation's live state in RAM so switching back is a copy, not a prefill."""
+        data = engine.state_bytes()
+        if len(data) > self._ram_limit:
+            return
+        self._ram[cid] = (engine.cached_tokens, data)
+        self._ram.move_to_end(cid)
+        while sum(len(v[1]) for v in self._ram.values()) > self._ram_limit:
+            self._ram.popitem(last=False)
+
+    def ram_cache_bytes(self) -> int:
+        return sum(len(v[1]) for v in self._ram.values())
+
+    def check_memory(self) -> None:
+        """Before a turn: if the machine is short of RAM now, give back the in-RAM state cache."""
+        if not self._ram:
+            return
+        from .memory import probe
+
+        snap = probe()
+        if snap.ram_available < snap.ram_total * LOW_MEMORY_SHARE:
+            freed = self.ram_cache_bytes()
+            self._ram.clear()
+            self.on_notice(f"low memory: dropped {freed / 2**20:.0f} MiB of cached conversation states")
+
+    def _save_state(self, cid: str, engine: Engine) -> tuple[float, int]:
+        t = time.perf_counter()
+        s = engine.settings
+        try:
+            header = self.states.save(
+                cid, engine.cached_tokens, engine.save_state,
+                model_fingerprint=self._fingerprint, type_k=s.type_k, type_v=s.type_v,
+                flash_attn=s.use_flash_attn, llama_build=llama_build(),
+            )  # fmt: skip
+        except StateError as exc:
+            self.on_notice(f"{exc}")
+            return time.perf_counter() - t, 0
+        return time.perf_counter() - t, header.payload_size
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def chat_messages(system: str, summary: Message | None, active: Sequence[Message]) -> list[dict[str, str]]:
+    """The context as the chat template sees it: one system message (with any summary), then the turns."""
+    sys_text = system
+    if summary is not None:
+        note = f"Summary of the earlier conversation: {summary.content}"
+        sys_text = f"{system}\n\n{note}" if system else note
+    out = [{"role": "system", "content": sys_text}] if sys_text else []
+    out += [{"role": m.role, "content": m.content} for m in active]
+    return out
+
+
+class Conversation:
+    """A handle on one stored conversation; `send` runs a whole turn."""
+
+    def __init__(self, runtime: Runtime, cid: str) -> None:
+        self.runtime = runtime
+        self.id = cid
+
+    @property
+    def record(self) -> ConversationRecord:
+        return self.runtime.store.conversation(self.id)
+
+    def messages(self) -> list[Message]:
+        return self.runtime.store.messages(self.id)
+
+    def send(
+        self,
+        text: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> Reply:
+        turn = self.stream(text, max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop)
+        for _ in turn:
+            pass
+        assert turn.reply is not None
+        return turn.reply
+
+    def stream(
+        self,
+        text: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> TurnStream:
+        settings = self.record.settings
+        sampling = self.runtime.sampling(
+            max_tokens=max_tokens if max_tokens is not None else settings.get("max_tokens"),
+            temperature=temperature if temperature is not None else settings.get("temperature"),
+            seed=seed,
+        )
+        return TurnStream(self, text, sampling, stop)
+
+
+class TurnStream:
+    """Iterate for the reply's text pieces; `reply` holds the stored result afterwards.
+
+    Events for a UI arrive through `on_event(kind, data)`: "restored", "compacted",
+    "prefilled".
+    """
+
+    def __init__(
+        self, conv: Conversation, text: str, sampling: SamplingSettings, stop: threading.Event | None
+    ) -> None:
+        self.conv = conv
+        self.text = text
+        self.sampling = sampling
+        self.stop = stop
+        self.reply: Reply | None = None
+        self.notices: list[str] = []
+        self.on_event: Callable[[str, Any], None] = lambda _k, _d: None
+
+    def __iter__(self) -> Iterator[str]:
+        if not self.text.strip():
+            raise EdgechatError("the message is empty", "type something to send")
+        rt = self.conv.runtime
+        cid = self.conv.id
+        outer_notice = rt.on_notice
+
+        def notice(msg: str) -> None:
+            self.notices.append(msg)
+            outer_notice(msg)
+
+        rt.on_notice = notice
+        try:
+            with rt._turn_lock, ConversationLock(rt.paths.data_dir / "locks", cid, rt.lock_timeout_s):
+                yield from self._turn(rt, cid)
+        finally:
+            rt.on_notice = outer_notice
+
+    def _turn(self, rt: Runtime, cid: str) -> Iterator[str]:
+        record = rt.store.conversation(cid)
+        engine = rt.load(record.model)
+        if record.model != rt.model_spec:
+            rt.store.update(cid, model=rt.model_spec)
+        rt.check_memory()
+        t0 = time.perf_counter()
+        history = rt.store.messages(cid)
+        active = [m for m in history if not m.compacted and m.kind == "message"]
+        summaries = [m for m in history if not m.compacted and m.kind == "summary"]
+        summary = summaries[-1] if summaries else None
+        system = str(record.settings.get("system_prompt") or "")
+        user = {"role": "user", "content": self.text}
+        chat = [*chat_messages(system, summary, active), user]
+        tokens = engine.chat_tokens(chat)
+
+        source = rt._restore(cid, engine, tokens, has_history=bool(history))
+        restore_s = time.perf_counter() - t0
+        self.on_event("restored", {"source": source, "seconds": restore_s})
+
+        result: compact.Compaction | None = None
+        reserve = min(self.sampling.max_tokens, max(16, engine.n_ctx // 4))
+        sampling = replace(self.sampling, max_tokens=reserve) if reserve < self.sampling.max_tokens else self.sampling
+        if len(tokens) + reserve > engine.n_ctx:
+            policy = str(record.settings.get("compaction") or rt.compaction)
+            if rt.compaction != policy and rt.compaction != "summarize":
+                policy = rt.compaction  # an explicit --compaction beats the stored default
+            result, chat, tokens = self._compact(rt, engine, policy, system, summary, active, user, reserve, len(tokens))
+            self.on_event("compacted", result)
+
+        t_gen = time.perf_counter()  # ttft_s covers restore and compaction too
+        gen: Generation = engine.generate(tokens, sampling, stop=self.stop)
+        interrupted: BaseException | None = None
+        try:
+            yield from gen
+        except (KeyboardInterrupt, Cancelled) as exc:
+            interrupted = exc
+        finish = gen.stats.finish_reason if gen.stats else "cancelled"
+        partial = interrupted is not None or finish == "cancelled"
+        new: list[NewMessage] = []
+        compact_ids: tuple[int, ...] = ()
+        if result is not None:
+            compact_ids = result.compacted_ids
+            if result.summary is not None:
+                new.append(NewMessage("system", result.summary, kind="summary"))
+        new.append(NewMessage("user", self.text, tokens=engine.count_tokens(self.text)))
+        if gen.text or not partial:
+            new.append(NewMessage("assistant", gen.text, tokens=len(gen.tokens), partial=partial))
+        title = self.text.strip().splitlines()[0][:60] if record.title == "New conversation" else None
+        rt.store.append_turn(cid, new, compact_ids=compact_ids, title=title)
+        save_s, state_bytes = rt._save_state(cid, engine)
+        rt._owner = cid
+        if interrupted is not None and not isinstance(interrupted, Cancelled):
+            raise interrupted
+        st = gen.stats
+        self.reply = Reply(
+            text=gen.text,
+            stats=TurnStats(
+                conversation_id=cid,
+                restored_from=source,
+                prefill_tokens=gen.prefill_tokens,
+                completion_tokens=len(gen.tokens),
+                context_tokens=engine.n_cached,
+                context_limit=engine.n_ctx,
+                compacted=result is not None,
+                ttft_s=(t_gen - t0) + (st.ttft_s if st else 0.0),
+                decode_tokens_per_s=st.decode_tokens_per_s if st else 0.0,
+                kv_type=kv_label(engine.settings),
+                finish_reason=finish,
+                restore_s=restore_s,
+                compaction_s=result.seconds if result else 0.0,
+                state_save_s=save_s,
+                state_bytes=state_bytes,
+                model=rt.model_name,
+            ),
+            notices=tuple(self.notices),
+            compaction=result,
+        )
+
+    def _compact(
+        self,
+        rt: Runtime,
+        engine: Engine,
+        policy: str,
+        system: str,
+        summary: Message | None,
+        active: list[Message],
+        user: dict[str, str],
+        reserve: int,
+        tokens_before: int,
+    ) -> tuple[compact.Compaction, list[dict[str, str]], list[int]]:
+        """Shrink the context so this turn fits; returns the compaction, new chat and tokens."""
+        if policy == "off":
+            raise BudgetError(
+                f"the conversation needs {tokens_before + reserve} tokens; the context holds {engine.n_ctx}",
+                "use --compaction summarize or truncate, or a larger --ctx",
+            )
+        t = time.perf_counter()
+        # Reserve room for the summary the new context will carry.
+        placeholder = None
+        if policy == "summarize":
+            placeholder = replace(summary, content="x " * compact.SUMMARY_MAX_TOKENS) if summary else Message(
+                0, "", 0, "system", "x " * compact.SUMMARY_MAX_TOKENS, None, 0.0, kind="summary"
+            )
+
+        def prompt_len(k: int) -> int:
+            return len(engine.chat_tokens([*chat_messages(system, placeholder or summary, active[k:]), user]))
+
+        k = compact.choose_cut(active, prompt_len, reserve, engine.n_ctx)
+        dropped = active[:k]
+        ids = tuple(m.id for m in dropped)
+        shifted = False
+        new_summary_text: str | None = None
+        if policy == "summarize":
+            older = chat_messages(system, summary, dropped)
+            new_summary_text = compact.summarize(engine, older, self.sampling)
+            ids = ids + ((summary.id,) if summary is not None else ())
+            new_summary = Message(0, "", 0, "system", new_summary_text, None, time.time(), kind="summary")
+            chat = [*chat_messages(system, new_summary, active[k:]), user]
+        else:
+            chat = [*chat_messages(system, summary, active[k:]), user]
+            shifted = self._shift(engine, system, summary, active, k)
+        tokens = engine.chat_tokens(chat)
+        result = compact.Compaction(
+            policy=policy,
+            compacted_ids=ids,
+            summary=new_summary_text,
+            shifted=shifted,
+            seconds=time.perf_counter() - t,
+            tokens_before=tokens_before,
+            tokens_after=len(tokens),
+        )
+        return result, chat, tokens
+
+    @staticmethod
+    def _shift(engine: Engine, system: str, summary: Message | None, active: list[Message], k: int) -> bool:
+        """Drop the first k messages inside the KV cache (context shift) when the model allows it."""
+        if not engine.can_shift or engine.n_cached == 0:
+            return False
+        head = engine.tokenize(engine.render(chat_messages(system, summary, []), add_generation_prompt=False)) if (system or summary) else engine.tokenize("", add_bos=True)
+        upto = engine.tokenize(engine.render(chat_messages(system, summary, active[:k]), add_generation_prompt=False))
+        start, end = len(head), len(upto)
+        cached = engine.cached_tokens
+        # Only shift when the cache really holds those tokens where we think it does.
+        if end > len(cached) or cached[:end] != upto[:end] or start >= end:
+            return False
+        engine.shift_out(start, end)
+        return True
+
+
+class GenerateStream:
+    """One stateless completion: iterate for text pieces, then read `result`."""
+
+    def __init__(
+        self, rt: Runtime, prompt: str, system: str | None, raw: bool, sampling: SamplingSettings, stop: threading.Event | None
+    ) -> None:
+        self.rt = rt
+        self.prompt = prompt
+        self.system = system
+        self.raw = raw
+        self.sampling = sampling
+        self.stop = stop
+        self.result: GenerateResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        rt = self.rt
+        with rt._turn_lock:
+            engine = rt.load()
+            if rt._owner is not None and engine.n_cached:
+                rt._remember(rt._owner, engine)
+            rt._owner = None
+            if self.raw:
+                tokens = engine.tokenize(self.prompt, add_bos=True, special=False)
+            else:
+                chat = ([{"role": "system", "content": self.system}] if self.system else []) + [
+                    {"role": "user", "content": self.prompt}
+                ]
+                tokens = engine.chat_tokens(chat)
+            if len(tokens) >= engine.n_ctx:
+                raise BudgetError(
+                    f"the prompt is {len(tokens)} tokens; the context holds {engine.n_ctx}",
+                    "shorten the prompt or raise --ctx",
+                )
+            sampling = self.sampling
+            room = engine.n_ctx - len(tokens)
+            if sampling.max_tokens > room:
+                sampling = replace(sampling, max_tokens=room)
+            gen = engine.generate(tokens, sampling, stop=self.stop)
+            yield from gen
+            st = gen.stats
+            assert st is not None
+            self.result = GenerateResult(
+                text=gen.text,
+                model=rt.model_name,
+                prompt_tokens=st.prompt_tokens,
+                completion_tokens=st.completion_tokens,
+                ttft_s=st.ttft_s,
+                decode_tokens_per_s=st.decode_tokens_per_s,
+                kv_type=kv_label(engine.settings),
+                finish_reason=st.finish_reason,
+                prefill_tokens=st.prefill_tokens,
+            )
+
+    def run(self) -> GenerateResult:
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result

@@ -1,0 +1,213 @@
+"""The KV state-file format: a JSON header beside a payload written by llama.cpp.
+
+A conversation's state is two files in the states dir:
+  <id>.json        header: format, model fingerprint, KV types, llama.cpp build,
+                   token ids, payload name, size and CRC-32
+  <id>-<gen>.kv    llama.cpp's own `llama_state_seq_save_file` output
+Each save writes a new payload generation, fsyncs it, then atomically replaces the
+header: a crash at any point leaves a header that names a complete payload (the
+previous one until the rename), so a failed or interrupted save never loses the last
+good state. Only then are older payloads removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import StateError
+
+FORMAT_VERSION = 1
+_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class StateHeader:
+    """Everything needed to decide, before touching llama.cpp, whether a payload is usable."""
+
+    format: int
+    conversation_id: str
+    model_fingerprint: str
+    type_k: str
+    type_v: str
+    flash_attn: bool
+    llama_build: str
+    tokens: tuple[int, ...]
+    payload: str
+    payload_size: int
+    payload_crc32: int
+    saved_at: float
+
+    def check_compatible(self, *, fingerprint: str, type_k: str, type_v: str, flash_attn: bool, build: str) -> None:
+        """Raise StateError naming the first mismatch (each would make llama.cpp refuse or misread)."""
+        if self.format != FORMAT_VERSION:
+            raise StateError(f"state format {self.format} is not {FORMAT_VERSION}")
+        if self.model_fingerprint != fingerprint:
+            raise StateError("state was saved with a different model file")
+        if (self.type_k, self.type_v) != (type_k, type_v):
+            raise StateError(f"state holds a {self.type_k}/{self.type_v} cache, not {type_k}/{type_v}")
+        if self.flash_attn != flash_attn:
+            raise StateError("state was saved with a different flash-attention setting")
+        if self.llama_build != build:
+            raise StateError(f"state was saved by llama.cpp {self.llama_build}, this is {build}")
+
+
+def crc32_file(path: Path) -> int:
+    crc = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class StateFiles:
+    """Reads and writes conversation states in one directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    def header_path(self, cid: str) -> Path:
+        return self.dir / f"{cid}.json"
+
+    def exists(self, cid: str) -> bool:
+        return self.header_path(cid).exists()
+
+    def save(
+        self,
+        cid: str,
+        tokens: Sequence[int],
+        write_payload: Callable[[Path], None],
+        **fields: object,
+    ) -> StateHeader:
+        """Write a new generation; `write_payload(path)` produces llama.cpp's file there.
+
+        On any failure (disk full included) the previous header and payload stay as
+        they were and the partial file is removed; the error propagates as StateError.
+        """
+        self.dir.mkdir(parents=True, exist_ok=True)
+        gen = time.time_ns()
+        payload = self.dir / f"{cid}-{gen}.kv"
+        tmp_payload = payload.with_suffix(".kv.tmp")
+        header_path = self.header_path(cid)
+        tmp_header = header_path.with_suffix(".json.tmp")
+        try:
+            write_payload(tmp_payload)
+            _fsync_file(tmp_payload)
+            crc = crc32_file(tmp_payload)
+            size = tmp_payload.stat().st_size
+            os.replace(tmp_payload, payload)
+            header = StateHeader(
+                format=FORMAT_VERSION,
+                conversation_id=cid,
+                tokens=tuple(int(t) for t in tokens),
+                payload=payload.name,
+                payload_size=size,
+                payload_crc32=crc,
+                saved_at=time.time(),
+                **fields,  # type: ignore[arg-type]
+            )
+            data = json.dumps(asdict(header), separators=(",", ":")).encode()
+            with tmp_header.open("wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_header, header_path)
+            _fsync_dir(self.dir)
+        except (OSError, StateError) as exc:
+            for leftover in (tmp_payload, tmp_header):
+                leftover.unlink(missing_ok=True)
+            current = self.read_header(cid, missing_ok=True)
+            if current is None or current.payload != payload.name:
+                payload.unlink(missing_ok=True)
+            if isinstance(exc, StateError):
+                raise
+            raise StateError(f"could not save the KV state: {exc}", "free some disk space; the transcript is safe") from exc
+        self._remove_old_payloads(cid, keep=payload.name)
+        return header
+
+    def _remove_old_payloads(self, cid: str, keep: str) -> None:
+        for old in self.dir.glob(f"{cid}-*.kv*"):
+            if old.name != keep:
+                old.unlink(missing_ok=True)
+
+    def read_header(self, cid: str, *, missing_ok: bool = False) -> StateHeader | None:
+        path = self.header_path(cid)
+        try:
+            raw = json.loads(path.read_bytes())
+            raw["tokens"] = tuple(raw["tokens"])
+            return StateHeader(**raw)
+        except FileNotFoundError:
+            if missing_ok:
+                return None
+            raise StateError("no saved state") from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StateError(f"state header {path.name} is damaged") from exc
+
+    def verified_payload(self, header: StateHeader) -> Path:
+        """The payload path, after checking its size and checksum against the header."""
+        path = self.dir / header.payload
+        if not path.exists():
+            raise StateError(f"state payload {header.payload} is missing")
+        if path.stat().st_size != header.payload_size:
+            raise StateError(f"state payload {header.payload} has the wrong size (truncated?)")
+        if crc32_file(path) != header.payload_crc32:
+            raise StateError(f"state payload {header.payload} fails its checksum")
+        return path
+
+    def delete(self, cid: str) -> None:
+        self.header_path(cid).unlink(missing_ok=True)
+        for payload in self.dir.glob(f"{cid}-*.kv*"):
+            payload.unlink(missing_ok=True)
+
+    def size(self, cid: str) -> int:
+        header = self.read_header(cid, missing_ok=True)
+        if header is None:
+            return 0
+        return header.payload_size
+
+
+def model_fingerprint(path: Path, cache_file: Path) -> str:
+    """sha256 of the model file, cached by (path, size, mtime) so it is hashed once."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    cache: dict[str, str] = {}
+    with contextlib.suppress(OSError, ValueError):
+        cache = json.loads(cache_file.read_text())
+    if key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    digest = h.hexdigest()
+    cache[key] = digest
+    with contextlib.suppress(OSError):
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_file)
+    return digest
