@@ -79,14 +79,14 @@ def _runtime(
     threads: int | None = None,
     budget_mb: int | None = None,
     compaction: str | None = None,
-    **extra: Any,
+    on_notice: Callable[[str], None] = _notice,
 ) -> Any:
     from .session import Runtime
 
     return Runtime(
         model, home=_state["home"], kv_type=kv_type, type_k=k_type, type_v=v_type, ctx=ctx,
         flash_attn=_flash(flash_attn), gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb,
-        compaction=compaction, on_notice=_notice, **extra,
+        compaction=compaction, on_notice=on_notice,
     )  # fmt: skip
 
 
@@ -260,7 +260,7 @@ def chat(
             model=model, ctx=ctx, kv_type=kv_type, k_type=k_type, v_type=v_type, flash_attn=flash_attn,
             gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb, compaction=compaction,
         )  # fmt: skip
-        run_app(lambda notice: _runtime(**options, on_notice_override=notice), conversation=conversation, cont=cont)
+        run_app(lambda notice: _runtime(**options, on_notice=notice), conversation=conversation, cont=cont)
 
     _guard(body)
 
@@ -493,6 +493,18 @@ def plan(
         Console().print(format_plan(p))
 
     _guard(body)
+
+
+def _register_extensions() -> None:
+    """Commands that live in their own modules (bench, kv-eval) add themselves to the app."""
+    try:
+        from . import cli_bench
+    except ImportError:
+        return
+    cli_bench.register(app)
+
+
+_register_extensions()
 
 
 def main() -> None:

@@ -18,6 +18,11 @@ from .store import Message
 # Compact down to this share of the context so the next few turns fit without compacting again.
 TARGET_SHARE = 0.6
 SUMMARY_MAX_TOKENS = 160
+
+
+def summary_tokens(n_ctx: int) -> int:
+    """A summary's length cap: an eighth of the context, within [32, SUMMARY_MAX_TOKENS]."""
+    return max(32, min(SUMMARY_MAX_TOKENS, n_ctx // 8))
 SUMMARY_INSTRUCTION = (
     "Summarize the conversation so far in a few short sentences. Keep names, numbers, "
     "decisions and open questions. Reply with the summary only."
@@ -79,15 +84,13 @@ def summarize(
     The prompt starts with the same rendered turns that are already in the KV cache, so
     llama.cpp's prefix reuse means only the instruction is prefilled, not the history.
     """
+    limit = summary_tokens(engine.n_ctx)
     prompt = [*history, {"role": "user", "content": SUMMARY_INSTRUCTION}]
     tokens = engine.chat_tokens(prompt)
-    if len(tokens) + SUMMARY_MAX_TOKENS > engine.n_ctx:
+    if len(tokens) + limit > engine.n_ctx:
         # The old turns alone overflow the context: summarize a condensed copy instead.
-        tokens = engine.chat_tokens(_condensed(history, engine, engine.n_ctx - SUMMARY_MAX_TOKENS - 64))
-    gen = engine.generate(
-        tokens,
-        SamplingSettings(max_tokens=SUMMARY_MAX_TOKENS, temperature=0.0, seed=sampling.seed),
-    )
+        tokens = engine.chat_tokens(_condensed(history, engine, engine.n_ctx - limit - 64))
+    gen = engine.generate(tokens, SamplingSettings(max_tokens=limit, temperature=0.0, seed=sampling.seed))
     text = gen.run().strip()
     return text or "(earlier turns omitted)"
 

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from .config import KV_TYPES, EngineSettings, SamplingSettings
 from .errors import Cancelled, ConfigError, EdgechatError, ModelError, StateError
 from .gguf_info import GGUFInfo, read_gguf
 
+CTX_PAD = 256
 _GGML_TYPE = {"f16": 1, "q4_0": 2, "q8_0": 8}
 # Plain-text turns for models without a chat template (base models such as Gemma 3 270M).
 FALLBACK_TEMPLATE = (
@@ -120,6 +121,9 @@ class Engine:
 
     def __init__(self, settings: EngineSettings, info: GGUFInfo | None = None) -> None:
         _validate(settings)
+        # llama.cpp pads n_ctx to a multiple of 256 (llama-context.cpp, n_ctx_seq) but
+        # llama-cpp-python sizes its token buffer by the unpadded value: ask for the padded one.
+        settings = replace(settings, n_ctx=-(-settings.n_ctx // CTX_PAD) * CTX_PAD)
         self.settings = settings
         self.info = info or read_gguf(settings.model_path)
         self.lock = threading.RLock()

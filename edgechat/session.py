@@ -541,9 +541,8 @@ class TurnStream:
         # Reserve room for the summary the new context will carry.
         placeholder = None
         if policy == "summarize":
-            placeholder = replace(summary, content="x " * compact.SUMMARY_MAX_TOKENS) if summary else Message(
-                0, "", 0, "system", "x " * compact.SUMMARY_MAX_TOKENS, None, 0.0, kind="summary"
-            )
+            room = "x " * compact.summary_tokens(engine.n_ctx)
+            placeholder = Message(0, "", 0, "system", room, None, 0.0, kind="summary")
 
         def prompt_len(k: int) -> int:
             return len(engine.chat_tokens([*chat_messages(system, placeholder or summary, active[k:]), user]))
@@ -561,8 +560,9 @@ class TurnStream:
             chat = [*chat_messages(system, new_summary, active[k:]), user]
         else:
             chat = [*chat_messages(system, summary, active[k:]), user]
-            shifted = self._shift(engine, system, summary, active, k)
         tokens = engine.chat_tokens(chat)
+        if policy == "truncate":
+            shifted = self._shift(engine, tokens)
         result = compact.Compaction(
             policy=policy,
             compacted_ids=ids,
@@ -575,19 +575,25 @@ class TurnStream:
         return result, chat, tokens
 
     @staticmethod
-    def _shift(engine: Engine, system: str, summary: Message | None, active: list[Message], k: int) -> bool:
-        """Drop the first k messages inside the KV cache (context shift) when the model allows it."""
+    def _shift(engine: Engine, new_tokens: list[int]) -> bool:
+        """Drop the compacted turns inside the KV cache (llama.cpp's context shift), no re-prefill.
+
+        The cache keeps its common prefix with the new prompt (the system part); the kept
+        turns are found by their first tokens and slid left over the dropped ones.
+        """
         if not engine.can_shift or engine.n_cached == 0:
             return False
-        head = engine.tokenize(engine.render(chat_messages(system, summary, []), add_generation_prompt=False)) if (system or summary) else engine.tokenize("", add_bos=True)
-        upto = engine.tokenize(engine.render(chat_messages(system, summary, active[:k]), add_generation_prompt=False))
-        start, end = len(head), len(upto)
         cached = engine.cached_tokens
-        # Only shift when the cache really holds those tokens where we think it does.
-        if end > len(cached) or cached[:end] != upto[:end] or start >= end:
+        start = _common_prefix(cached, new_tokens)
+        width = min(16, len(new_tokens) - start)
+        if width <= 0:
             return False
-        engine.shift_out(start, end)
-        return True
+        probe = new_tokens[start : start + width]
+        for end in range(start + 1, len(cached) - width + 1):
+            if cached[end : end + width] == probe:
+                engine.shift_out(start, end)
+                return True
+        return False
 
 
 class GenerateStream:

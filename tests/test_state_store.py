@@ -1,0 +1,139 @@
+"""The state-file format and the transcript store, without a model."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgechat.errors import EdgechatError, StateError
+from edgechat.state import StateFiles
+from edgechat.store import NewMessage, Store
+
+FIELDS = dict(model_fingerprint="abc", type_k="f16", type_v="f16", flash_attn=False, llama_build="b1")
+
+
+def _writer(data: bytes):
+    def write(path: Path) -> None:
+        path.write_bytes(data)
+
+    return write
+
+
+def test_save_then_read_roundtrip(tmp_path):
+    sf = StateFiles(tmp_path)
+    h = sf.save("c1", [1, 2, 3], _writer(b"payload" * 100), **FIELDS)
+    again = sf.read_header("c1")
+    assert again == h
+    assert sf.verified_payload(again).read_bytes() == b"payload" * 100
+
+
+def test_a_failed_save_keeps_the_previous_state(tmp_path):
+    sf = StateFiles(tmp_path)
+    sf.save("c1", [1, 2], _writer(b"old"), **FIELDS)
+
+    def failing(path: Path) -> None:
+        path.write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(StateError, match="disk space"):
+        sf.save("c1", [1, 2, 3], failing, **FIELDS)
+    h = sf.read_header("c1")
+    assert h.tokens == (1, 2)
+    assert sf.verified_payload(h).read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c1.json", h.payload])
+
+
+def test_a_changed_payload_fails_its_checksum(tmp_path):
+    sf = StateFiles(tmp_path)
+    h = sf.save("c1", [1], _writer(b"a" * 1000), **FIELDS)
+    (tmp_path / h.payload).write_bytes(b"b" * 1000)
+    with pytest.raises(StateError, match="checksum"):
+        sf.verified_payload(h)
+
+
+def test_incompatible_headers_name_the_mismatch(tmp_path):
+    h = StateFiles(tmp_path).save("c1", [1], _writer(b"x"), **FIELDS)
+    ok = dict(fingerprint="abc", type_k="f16", type_v="f16", flash_attn=False, build="b1")
+    h.check_compatible(**ok)
+    for key, value, words in [
+        ("fingerprint", "zzz", "different model"),
+        ("type_k", "q8_0", "f16/f16"),
+        ("flash_attn", True, "flash-attention"),
+        ("build", "b2", "llama.cpp b1"),
+    ]:
+        with pytest.raises(StateError, match=words):
+            h.check_compatible(**{**ok, key: value})
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_header_bytes_give_a_header_or_a_state_error(tmp_path_factory, data):
+    d = tmp_path_factory.mktemp("h")
+    (d / "c.json").write_bytes(data)
+    try:
+        StateFiles(d).read_header("c")
+    except StateError:
+        pass
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.dictionaries(st.sampled_from(["format", "tokens", "payload", "conversation_id", "x"]), st.integers() | st.text()))
+def test_json_headers_with_wrong_fields_give_a_state_error(tmp_path_factory, obj):
+    d = tmp_path_factory.mktemp("h")
+    (d / "c.json").write_text(json.dumps(obj))
+    with pytest.raises(StateError):
+        StateFiles(d).read_header("c")
+
+
+def test_store_migrates_and_versions(tmp_path):
+    path = tmp_path / "db.sqlite"
+    Store(path).close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT version FROM schema_version").fetchone()[0] >= 1
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_store_refuses_a_newer_schema(tmp_path):
+    path = tmp_path / "db.sqlite"
+    Store(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE schema_version SET version = 999")
+    db.commit()
+    with pytest.raises(EdgechatError, match="newer edgechat"):
+        Store(path)
+
+
+def test_a_turn_is_stored_in_one_transaction(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    c = store.create_conversation("m", {})
+    store.append_turn(c.id, [NewMessage("user", "hi"), NewMessage("assistant", "hello")])
+    with pytest.raises(sqlite3.IntegrityError):
+        # A bad row in the middle rolls back the whole turn.
+        store.append_turn(c.id, [NewMessage("user", "a"), NewMessage(None, "b")])  # type: ignore[arg-type]
+    assert [m.content for m in store.messages(c.id)] == ["hi", "hello"]
+
+
+def test_ids_resolve_by_unique_prefix(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    c = store.create_conversation("m", {}, "first")
+    assert store.conversation(c.id[:3]).id == c.id
+    with pytest.raises(EdgechatError, match="conversations list"):
+        store.conversation("zzzz-none")
+
+
+def test_compaction_marks_but_never_deletes(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    c = store.create_conversation("m", {})
+    msgs = store.append_turn(c.id, [NewMessage("user", "a"), NewMessage("assistant", "b")])
+    after = store.append_turn(
+        c.id,
+        [NewMessage("system", "summary", kind="summary"), NewMessage("user", "c"), NewMessage("assistant", "d")],
+        compact_ids=[m.id for m in msgs],
+    )
+    assert [m.content for m in after] == ["a", "b", "summary", "c", "d"]
+    assert [m.compacted for m in after] == [True, True, False, False, False]
