@@ -56,7 +56,9 @@ def runtime_factory(home: Path, smollm2: Path):
         rt.close()
 
 
-def run_cli(*args: str, home: Path, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 300, **kw):
+def run_cli(
+    *args: str, home: Path, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 300, **kw
+):
     """Run `python -m edgechat` as a real process (a new llama.cpp context each time)."""
     full_env = {**os.environ, "EDGECHAT_HOME": str(home), **(env or {})}
     return subprocess.run(

@@ -15,7 +15,9 @@ TOPICS = ["apples", "rivers", "violins", "lighthouses", "volcanoes", "bicycles",
 def _chat(conv, turns: int, max_tokens: int = 40):
     replies = []
     for i in range(turns):
-        replies.append(conv.send(f"Tell me two facts about {TOPICS[i % len(TOPICS)]}.", max_tokens=max_tokens, temperature=0))
+        replies.append(
+            conv.send(f"Tell me two facts about {TOPICS[i % len(TOPICS)]}.", max_tokens=max_tokens, temperature=0)
+        )
     return replies
 
 

@@ -17,7 +17,9 @@ LONG = "Write a very long story about a lighthouse keeper, with many chapters."
 
 
 def _send_json(home: Path, model: Path, *args: str, env: dict | None = None) -> dict:
-    p = run_cli("send", *args, "-m", str(model), "--ctx", "1024", "--max-tokens", "24", "--json", *GREEDY, home=home, env=env)
+    p = run_cli(
+        "send", *args, "-m", str(model), "--ctx", "1024", "--max-tokens", "24", "--json", *GREEDY, home=home, env=env
+    )
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
 
@@ -53,7 +55,9 @@ def test_second_process_on_a_busy_conversation_fails_clearly(home, smollm2):
     first = _start_long_send(home, smollm2, cid)
     try:
         assert _wait_for_output(first)
-        p = run_cli("send", "Me too.", "-c", cid, "-m", str(smollm2), *GREEDY, home=home, env={"EDGECHAT_LOCK_TIMEOUT": "0.5"})
+        p = run_cli(
+            "send", "Me too.", "-c", cid, "-m", str(smollm2), *GREEDY, home=home, env={"EDGECHAT_LOCK_TIMEOUT": "0.5"}
+        )
         assert p.returncode == 1
         assert "busy in another edgechat process" in p.stderr
         assert "Traceback" not in p.stderr

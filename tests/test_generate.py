@@ -46,10 +46,10 @@ def test_quantized_v_cache_without_flash_attention_is_refused(smollm2):
 def test_stop_event_given_up_front_is_checked_per_token(runtime_factory):
     rt = runtime_factory()
     stop = threading.Event()
-    gen = rt.generate("Write a long story about a dragon.", sampling=SamplingSettings(max_tokens=200, temperature=0), stop=stop)
-    count = 0
-    for _ in gen:
-        count += 1
+    gen = rt.generate(
+        "Write a long story about a dragon.", sampling=SamplingSettings(max_tokens=200, temperature=0), stop=stop
+    )
+    for count, _ in enumerate(gen, 1):
         if count == 5:
             stop.set()
     assert gen.result.finish_reason == "cancelled"
@@ -93,16 +93,29 @@ def test_base_model_without_template_uses_plain_turns(home, gemma):
 
 
 def test_generate_json_has_the_contract_fields(home, smollm2):
-    p = run_cli("generate", QUESTION, "-m", str(smollm2), "--ctx", "512", "--max-tokens", "16", "--json", *GREEDY, home=home)
+    p = run_cli(
+        "generate", QUESTION, "-m", str(smollm2), "--ctx", "512", "--max-tokens", "16", "--json", *GREEDY, home=home
+    )
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
-    for key in ("text", "model", "prompt_tokens", "completion_tokens", "ttft_s", "decode_tokens_per_s", "kv_type", "finish_reason"):
+    for key in (
+        "text",
+        "model",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_s",
+        "decode_tokens_per_s",
+        "kv_type",
+        "finish_reason",
+    ):
         assert key in data
     assert "Paris" in data["text"]
 
 
 def test_generate_reads_the_prompt_from_stdin_and_streams_text(home, smollm2):
-    p = run_cli("generate", "-m", str(smollm2), "--ctx", "512", "--max-tokens", "16", *GREEDY, input=QUESTION, home=home)
+    p = run_cli(
+        "generate", "-m", str(smollm2), "--ctx", "512", "--max-tokens", "16", *GREEDY, input=QUESTION, home=home
+    )
     assert p.returncode == 0, p.stderr
     assert "Paris" in p.stdout
 
@@ -110,9 +123,14 @@ def test_generate_reads_the_prompt_from_stdin_and_streams_text(home, smollm2):
 def test_generate_batch_writes_one_json_line_per_prompt(home, smollm2, tmp_path):
     batch = tmp_path / "prompts.jsonl"
     batch.write_text(
-        json.dumps({"id": "a", "prompt": QUESTION}) + "\n" + json.dumps({"prompt": "What is the capital of Italy? One word."}) + "\n",
+        json.dumps({"id": "a", "prompt": QUESTION})
+        + "\n"
+        + json.dumps({"prompt": "What is the capital of Italy? One word."})
+        + "\n",
     )
-    p = run_cli("generate", "--batch", str(batch), "-m", str(smollm2), "--ctx", "512", "--max-tokens", "16", *GREEDY, home=home)
+    p = run_cli(
+        "generate", "--batch", str(batch), "-m", str(smollm2), "--ctx", "512", "--max-tokens", "16", *GREEDY, home=home
+    )
     assert p.returncode == 0, p.stderr
     lines = [json.loads(x) for x in p.stdout.splitlines()]
     assert len(lines) == 2
@@ -123,7 +141,9 @@ def test_generate_batch_writes_one_json_line_per_prompt(home, smollm2, tmp_path)
 def test_generate_batch_reports_a_bad_line_and_goes_on(home, smollm2, tmp_path):
     batch = tmp_path / "prompts.jsonl"
     batch.write_text("not json\n" + json.dumps({"prompt": QUESTION}) + "\n")
-    p = run_cli("generate", "--batch", str(batch), "-m", str(smollm2), "--ctx", "512", "--max-tokens", "8", *GREEDY, home=home)
+    p = run_cli(
+        "generate", "--batch", str(batch), "-m", str(smollm2), "--ctx", "512", "--max-tokens", "8", *GREEDY, home=home
+    )
     assert p.returncode == 1
     lines = [json.loads(x) for x in p.stdout.splitlines()]
     assert "error" in lines[0] and "text" in lines[1]

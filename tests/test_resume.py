@@ -19,7 +19,21 @@ TURNS = [
 
 
 def _send(home: Path, model: Path, text: str, *target: str, extra: tuple[str, ...] = ()) -> dict:
-    p = run_cli("send", text, *target, "-m", str(model), "--ctx", "1024", "--max-tokens", "32", "--json", *GREEDY, *extra, home=home)
+    p = run_cli(
+        "send",
+        text,
+        *target,
+        "-m",
+        str(model),
+        "--ctx",
+        "1024",
+        "--max-tokens",
+        "32",
+        "--json",
+        *GREEDY,
+        *extra,
+        home=home,
+    )
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout) | {"_stderr": p.stderr}
 
@@ -81,7 +95,9 @@ def _damage_header(states: Path, cid: str) -> None:
     (states / f"{cid}.json").write_text("{ not json")
 
 
-@pytest.mark.parametrize("damage", [_corrupt_payload, _truncate_payload, _damage_header], ids=["corrupt", "truncated", "header"])
+@pytest.mark.parametrize(
+    "damage", [_corrupt_payload, _truncate_payload, _damage_header], ids=["corrupt", "truncated", "header"]
+)
 def test_damaged_state_falls_back_to_the_transcript(home, smollm2, damage):
     first = _send(home, smollm2, TURNS[0], "--new")
     cid = first["conversation_id"]
