@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -31,19 +30,30 @@ app.add_typer(models_app, name="models")
 _state: dict[str, Any] = {"home": None, "debug": False}
 
 # Engine and sampling options, shared by every command that loads a model.
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Registry name, owner/repo/file.gguf, or a local path.")]
-CtxOpt = Annotated[Optional[int], typer.Option("--ctx", help="Context length in tokens (default: the largest the budget allows).")]
-KvOpt = Annotated[Optional[str], typer.Option("--kv-type", help="KV cache type for K and V: f16, q8_0 or q4_0.")]
-KOpt = Annotated[Optional[str], typer.Option("--k-type", help="K cache type alone (overrides --kv-type).")]
-VOpt = Annotated[Optional[str], typer.Option("--v-type", help="V cache type alone (overrides --kv-type).")]
-FaOpt = Annotated[Optional[str], typer.Option("--flash-attn", help="on, off or auto (on when the V cache is quantized).")]
-GpuOpt = Annotated[Optional[str], typer.Option("--gpu-layers", help="auto or a number of layers to offload (-1: all).")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: physical cores).")]
-BudgetOpt = Annotated[Optional[int], typer.Option("--budget-mb", help="Memory the runtime may use, in MiB (default: a safe share of what is free).")]
-CompactOpt = Annotated[Optional[str], typer.Option("--compaction", help="When the context is full: summarize, truncate or off.")]
-MaxTokOpt = Annotated[Optional[int], typer.Option("--max-tokens", help="Longest reply, in tokens.")]
-TempOpt = Annotated[Optional[float], typer.Option("--temperature", help="0 is greedy and reproducible.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Sampling seed.")]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", "-m", help="Registry name, owner/repo/file.gguf, or a local path.")
+]
+CtxOpt = Annotated[
+    int | None, typer.Option("--ctx", help="Context length in tokens (default: the largest the budget allows).")
+]
+KvOpt = Annotated[str | None, typer.Option("--kv-type", help="KV cache type for K and V: f16, q8_0 or q4_0.")]
+KOpt = Annotated[str | None, typer.Option("--k-type", help="K cache type alone (overrides --kv-type).")]
+VOpt = Annotated[str | None, typer.Option("--v-type", help="V cache type alone (overrides --kv-type).")]
+FaOpt = Annotated[
+    str | None, typer.Option("--flash-attn", help="on, off or auto (on when the V cache is quantized).")
+]
+GpuOpt = Annotated[str | None, typer.Option("--gpu-layers", help="auto or a number of layers to offload (-1: all).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")]
+BudgetOpt = Annotated[
+    int | None,
+    typer.Option("--budget-mb", help="Memory the runtime may use, in MiB (default: a safe share of what is free)."),
+]
+CompactOpt = Annotated[
+    str | None, typer.Option("--compaction", help="When the context is full: summarize, truncate or off.")
+]
+MaxTokOpt = Annotated[int | None, typer.Option("--max-tokens", help="Longest reply, in tokens.")]
+TempOpt = Annotated[float | None, typer.Option("--temperature", help="0 is greedy and reproducible.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Sampling seed.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else on stdout.")]
 
 
@@ -113,7 +123,9 @@ def _guard(fn: Callable[[], None]) -> None:
 
 @app.callback()
 def _main(
-    home: Annotated[Optional[Path], typer.Option("--home", help="Data directory (default: $EDGECHAT_HOME or the user data dir).")] = None,
+    home: Annotated[
+        Path | None, typer.Option("--home", help="Data directory (default: $EDGECHAT_HOME or the user data dir).")
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and llama.cpp's log.")] = False,
 ) -> None:
     _state["home"] = str(home) if home else None
@@ -127,10 +139,10 @@ def _main(
 
 @app.command()
 def generate(
-    prompt: Annotated[Optional[str], typer.Argument(help="The prompt (read from stdin when omitted).")] = None,
-    system: Annotated[Optional[str], typer.Option("--system", help="System prompt.")] = None,
+    prompt: Annotated[str | None, typer.Argument(help="The prompt (read from stdin when omitted).")] = None,
+    system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")] = False,
-    batch: Annotated[Optional[Path], typer.Option("--batch", help="JSONL file of prompts; one JSON line out per prompt.")] = None,
+    batch: Annotated[Path | None, typer.Option("--batch", help="JSONL file of prompts; one JSON line out per prompt.")] = None,
     model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
     max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None, json_out: JsonOpt = False,
@@ -142,7 +154,9 @@ def generate(
             text = prompt
             if text is None:
                 if sys.stdin.isatty():
-                    raise EdgechatError("no prompt given", 'pass it as an argument or pipe it in: echo "hi" | edgechat generate')
+                    raise EdgechatError(
+                        "no prompt given", 'pass it as an argument or pipe it in: echo "hi" | edgechat generate'
+                    )
                 text = sys.stdin.read()
             if not text.strip():
                 raise EdgechatError("the prompt is empty", "give a prompt to complete")
@@ -176,9 +190,11 @@ def _run_batch(rt: Any, path: Path, system: str | None, raw: bool, sampling: Any
             if isinstance(item, str):
                 item = {"prompt": item}
             if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
-                raise EdgechatError(f"{path}:{n}: each line needs a \"prompt\" string", "see README: generate --batch")
+                raise EdgechatError(f'{path}:{n}: each line needs a "prompt" string', "see README: generate --batch")
             s = replace(sampling, **{k: item[k] for k in ("max_tokens", "temperature", "seed") if k in item})
-            result = rt.generate(item["prompt"], system=item.get("system", system), raw=item.get("raw", raw), sampling=s).run()
+            result = rt.generate(
+                item["prompt"], system=item.get("system", system), raw=item.get("raw", raw), sampling=s
+            ).run()
             out = {"line": n, **({"id": item["id"]} if "id" in item else {}), **asdict(result)}
         except json.JSONDecodeError as exc:
             failed += 1
@@ -188,7 +204,7 @@ def _run_batch(rt: Any, path: Path, system: str | None, raw: bool, sampling: Any
             out = {"line": n, "error": str(exc)}
         print(json.dumps(out), flush=True)
     if failed:
-        print(f"error: {failed} of the prompts failed (see their \"error\" lines)", file=sys.stderr)
+        print(f'error: {failed} of the prompts failed (see their "error" lines)', file=sys.stderr)
         raise typer.Exit(1)
 
 
@@ -199,9 +215,9 @@ def _run_batch(rt: Any, path: Path, system: str | None, raw: bool, sampling: Any
 def send(
     message: Annotated[str, typer.Argument(help="The message ('-' reads it from stdin).")],
     new: Annotated[bool, typer.Option("--new", help="Start a new conversation.")] = False,
-    conversation: Annotated[Optional[str], typer.Option("--conversation", "-c", help="Continue conversation ID.")] = None,
+    conversation: Annotated[str | None, typer.Option("--conversation", "-c", help="Continue conversation ID.")] = None,
     cont: Annotated[bool, typer.Option("--continue", help="Continue the most recent conversation.")] = False,
-    system: Annotated[Optional[str], typer.Option("--system", help="System prompt for a new conversation.")] = None,
+    system: Annotated[str | None, typer.Option("--system", help="System prompt for a new conversation.")] = None,
     model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
     compaction: CompactOpt = None, max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None,
@@ -213,7 +229,9 @@ def send(
         if sum([new, conversation is not None, cont]) != 1:
             raise EdgechatError("say which conversation", "use exactly one of --new, -c ID or --continue")
         text = sys.stdin.read() if message == "-" else message
-        with _runtime(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction) as rt:
+        with _runtime(
+            model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction
+        ) as rt:
             if new:
                 conv = rt.new_conversation(system_prompt=system, model=model)
             elif conversation is not None:
@@ -221,7 +239,9 @@ def send(
             else:
                 conv = rt.latest()
                 if conv is None:
-                    raise EdgechatError("there is no conversation to continue", "start one with: edgechat send --new MESSAGE")
+                    raise EdgechatError(
+                        "there is no conversation to continue", "start one with: edgechat send --new MESSAGE"
+                    )
             turn = conv.stream(text, max_tokens=max_tokens, temperature=temperature, seed=seed)
             if json_out:
                 for _ in turn:
@@ -245,7 +265,7 @@ def send(
 
 @app.command()
 def chat(
-    conversation: Annotated[Optional[str], typer.Option("--conversation", "-c", help="Open conversation ID.")] = None,
+    conversation: Annotated[str | None, typer.Option("--conversation", "-c", help="Open conversation ID.")] = None,
     cont: Annotated[bool, typer.Option("--continue", help="Reopen the most recent conversation.")] = False,
     model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
@@ -297,7 +317,7 @@ def conversations_list(
         table = Table("id", "title", "model", "messages", "tokens", "updated", box=None)
         for c in items:
             table.add_row(c.id, c.title, c.model, str(c.message_count), str(c.token_count), _when(c.updated_at))
-        Console().print(table if items else "no conversations yet: edgechat send --new \"hello\"")
+        Console().print(table if items else 'no conversations yet: edgechat send --new "hello"')
 
     _guard(body)
 
@@ -315,7 +335,11 @@ def conversations_show(conversation_id: str, json_out: JsonOpt = False) -> None:
             return
         print(f"# {rec.title}  ({rec.id}, {rec.model})")
         for m in msgs:
-            tags = [t for t, on in (("summary", m.kind == "summary"), ("compacted", m.compacted), ("stopped", m.partial)) if on]
+            tags = [
+                t
+                for t, on in (("summary", m.kind == "summary"), ("compacted", m.compacted), ("stopped", m.partial))
+                if on
+            ]
             print(f"\n[{m.role}{' · ' + ', '.join(tags) if tags else ''}]\n{m.content}")
 
     _guard(body)
@@ -325,7 +349,7 @@ def conversations_show(conversation_id: str, json_out: JsonOpt = False) -> None:
 def conversations_export(
     conversation_id: str,
     fmt: Annotated[str, typer.Option("--format", "-f", help="md or json.")] = "md",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
 ) -> None:
     """Export a conversation to Markdown or JSON."""
 
@@ -373,7 +397,11 @@ def conversations_delete(
 
         store = _store()
         rec = store.conversation(conversation_id)
-        if not yes and sys.stdin.isatty() and not typer.confirm(f"delete {rec.id} ({rec.title!r}, {rec.message_count} messages)?"):
+        if (
+            not yes
+            and sys.stdin.isatty()
+            and not typer.confirm(f"delete {rec.id} ({rec.title!r}, {rec.message_count} messages)?")
+        ):
             raise typer.Exit(1)
         paths = resolve_paths(_state["home"])
         with ConversationLock(paths.data_dir / "locks", rec.id, timeout_s=5):
@@ -418,7 +446,7 @@ def models_list(json_out: JsonOpt = False) -> None:
 @models_app.command("pull")
 def models_pull(
     name: Annotated[str, typer.Argument(help="Registry name (name:quant) or owner/repo/file.gguf.")],
-    quant: Annotated[Optional[str], typer.Option("--quant", help="Quantization to fetch.")] = None,
+    quant: Annotated[str | None, typer.Option("--quant", help="Quantization to fetch.")] = None,
 ) -> None:
     """Download a model (resumable, checksum-verified)."""
 

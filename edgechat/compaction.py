@@ -23,6 +23,8 @@ SUMMARY_MAX_TOKENS = 160
 def summary_tokens(n_ctx: int) -> int:
     """A summary's length cap: an eighth of the context, within [32, SUMMARY_MAX_TOKENS]."""
     return max(32, min(SUMMARY_MAX_TOKENS, n_ctx // 8))
+
+
 SUMMARY_INSTRUCTION = (
     "Summarize the conversation so far in a few short sentences. Keep names, numbers, "
     "decisions and open questions. Reply with the summary only."

@@ -211,9 +211,7 @@ class Engine:
                 eos_token=self._eos,
             )
         except Exception as exc:  # noqa: BLE001 - jinja raises many types
-            raise ModelError(
-                f"the model's chat template failed: {exc}", "use --raw for plain completion"
-            ) from exc
+            raise ModelError(f"the model's chat template failed: {exc}", "use --raw for plain completion") from exc
 
     def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
         return self.tokenize(self.render(messages))
@@ -312,9 +310,7 @@ class Engine:
         with self.lock:
             tokens = self.cached_tokens
             arr = (self._lc.llama_token * max(1, len(tokens)))(*tokens)
-            written = self._lc.llama_state_seq_save_file(
-                self.llm._ctx.ctx, os.fsencode(path), 0, arr, len(tokens)
-            )
+            written = self._lc.llama_state_seq_save_file(self.llm._ctx.ctx, os.fsencode(path), 0, arr, len(tokens))
         # llama_file buffers through stdio: a full disk can surface only as a short file.
         if written == 0 or not path.exists() or path.stat().st_size != written:
             raise OSError(28, "llama.cpp could not write the whole state file (disk full?)")

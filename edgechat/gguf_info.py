@@ -134,9 +134,7 @@ class GGUFInfo:
 
     @property
     def vocab_size(self) -> int:
-        return int(self.metadata.get("tokenizer.ggml.tokens.length", 0)) or int(
-            self.get("vocab_size", 0)
-        )
+        return int(self.metadata.get("tokenizer.ggml.tokens.length", 0)) or int(self.get("vocab_size", 0))
 
     @property
     def chat_template(self) -> str | None:
@@ -282,7 +280,9 @@ def read_gguf(path: str | Path) -> GGUFInfo:
                 dims = tuple(r.u64() for _ in range(r.u32()))
                 raw.append((name, dims, r.u32(), r.u64()))
         except (EOFError, ValueError, struct.error) as exc:
-            raise ModelError(f"{p}: the GGUF header is damaged or cut short ({exc or 'truncated'})", "download the model again") from exc
+            raise ModelError(
+                f"{p}: the GGUF header is damaged or cut short ({exc or 'truncated'})", "download the model again"
+            ) from exc
         align = int(meta.get("general.alignment", 32))
         data_offset = (r.pos + align - 1) // align * align
     tensors = []

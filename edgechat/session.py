@@ -130,7 +130,9 @@ class Runtime:
         self.swa_full = swa_full
         self.system_prompt = d.system_prompt if system_prompt is None else system_prompt
         self.download = download
-        self.lock_timeout_s = lock_timeout_s if lock_timeout_s is not None else float(os.environ.get("EDGECHAT_LOCK_TIMEOUT", "30"))
+        self.lock_timeout_s = (
+            lock_timeout_s if lock_timeout_s is not None else float(os.environ.get("EDGECHAT_LOCK_TIMEOUT", "30"))
+        )
         self.on_notice: Notice = on_notice or (lambda _msg: None)
         self.store = Store(self.paths.db_path)
         self.states = StateFiles(self.paths.states_dir)
@@ -207,7 +209,9 @@ class Runtime:
 
     # conversations --------------------------------------------------------------------
 
-    def new_conversation(self, title: str = "", *, system_prompt: str | None = None, model: str | None = None) -> Conversation:
+    def new_conversation(
+        self, title: str = "", *, system_prompt: str | None = None, model: str | None = None
+    ) -> Conversation:
         settings = {
             "system_prompt": self.system_prompt if system_prompt is None else system_prompt,
             "compaction": self.compaction,
@@ -292,7 +296,9 @@ class Runtime:
                 self._owner = cid
                 return "state"
         except StateError as exc:
-            self.on_notice(f"saved state of conversation {cid} not used ({exc.message}); rebuilding it from the transcript")
+            self.on_notice(
+                f"saved state of conversation {cid} not used ({exc.message}); rebuilding it from the transcript"
+            )
             self.states.delete(cid)
         self._owner = cid
         return "transcript"
@@ -411,9 +417,7 @@ class TurnStream:
     "prefilled".
     """
 
-    def __init__(
-        self, conv: Conversation, text: str, sampling: SamplingSettings, stop: threading.Event | None
-    ) -> None:
+    def __init__(self, conv: Conversation, text: str, sampling: SamplingSettings, stop: threading.Event | None) -> None:
         self.conv = conv
         self.text = text
         self.sampling = sampling
@@ -467,7 +471,9 @@ class TurnStream:
             policy = str(record.settings.get("compaction") or rt.compaction)
             if rt.compaction != policy and rt.compaction != "summarize":
                 policy = rt.compaction  # an explicit --compaction beats the stored default
-            result, chat, tokens = self._compact(rt, engine, policy, system, summary, active, user, reserve, len(tokens))
+            result, chat, tokens = self._compact(
+                rt, engine, policy, system, summary, active, user, reserve, len(tokens)
+            )
             self.on_event("compacted", result)
 
         t_gen = time.perf_counter()  # ttft_s covers restore and compaction too
@@ -600,7 +606,13 @@ class GenerateStream:
     """One stateless completion: iterate for text pieces, then read `result`."""
 
     def __init__(
-        self, rt: Runtime, prompt: str, system: str | None, raw: bool, sampling: SamplingSettings, stop: threading.Event | None
+        self,
+        rt: Runtime,
+        prompt: str,
+        system: str | None,
+        raw: bool,
+        sampling: SamplingSettings,
+        stop: threading.Event | None,
     ) -> None:
         self.rt = rt
         self.prompt = prompt

@@ -145,7 +145,9 @@ class StateFiles:
                 payload.unlink(missing_ok=True)
             if isinstance(exc, StateError):
                 raise
-            raise StateError(f"could not save the KV state: {exc}", "free some disk space; the transcript is safe") from exc
+            raise StateError(
+                f"could not save the KV state: {exc}", "free some disk space; the transcript is safe"
+            ) from exc
         self._remove_old_payloads(cid, keep=payload.name)
         return header
 

@@ -89,7 +89,7 @@ def _m1(db: sqlite3.Connection) -> None:
             UNIQUE (conversation_id, seq)
         );
         CREATE INDEX messages_by_conversation ON messages (conversation_id, seq);
-        """
+        """,
     )
 
 
@@ -178,13 +178,9 @@ class Store:
         if exact:
             rows = exact
         if not rows:
-            raise EdgechatError(
-                f"no conversation {id_or_prefix!r}", "list them with `edgechat conversations list`"
-            )
+            raise EdgechatError(f"no conversation {id_or_prefix!r}", "list them with `edgechat conversations list`")
         if len(rows) > 1:
-            raise EdgechatError(
-                f"{id_or_prefix!r} matches {len(rows)} conversations", "give more of the id"
-            )
+            raise EdgechatError(f"{id_or_prefix!r} matches {len(rows)} conversations", "give more of the id")
         return _record(rows[0])
 
     def conversations(self, search: str = "") -> list[ConversationRecord]:
@@ -217,14 +213,19 @@ class Store:
     # messages ------------------------------------------------------------------------
 
     def messages(self, cid: str) -> list[Message]:
-        rows = self.db.execute(
-            "SELECT * FROM messages WHERE conversation_id = ? ORDER BY seq", (cid,)
-        ).fetchall()
+        rows = self.db.execute("SELECT * FROM messages WHERE conversation_id = ? ORDER BY seq", (cid,)).fetchall()
         return [
             Message(
-                id=r["id"], conversation_id=r["conversation_id"], seq=r["seq"], role=r["role"],
-                content=r["content"], tokens=r["tokens"], created_at=r["created_at"],
-                compacted=bool(r["compacted"]), kind=r["kind"], partial=bool(r["partial"]),
+                id=r["id"],
+                conversation_id=r["conversation_id"],
+                seq=r["seq"],
+                role=r["role"],
+                content=r["content"],
+                tokens=r["tokens"],
+                created_at=r["created_at"],
+                compacted=bool(r["compacted"]),
+                kind=r["kind"],
+                partial=bool(r["partial"]),
             )  # fmt: skip
             for r in rows
         ]
@@ -245,9 +246,7 @@ class Store:
                     "UPDATE messages SET compacted = 1 WHERE id = ? AND conversation_id = ?",
                     [(mid, cid) for mid in compact_ids],
                 )
-            row = db.execute(
-                "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?", (cid,)
-            ).fetchone()
+            row = db.execute("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?", (cid,)).fetchone()
             seq = row[0]
             for m in new:
                 seq += 1

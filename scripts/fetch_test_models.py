@@ -22,8 +22,9 @@ def cache_home() -> Path:
 
 
 def fetch(name: str) -> Path:
-    from edgechat.config import resolve_paths
     from edgechat.registry import pull
+
+    from edgechat.config import resolve_paths
 
     return pull(name, resolve_paths(cache_home()))
 
