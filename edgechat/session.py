@@ -113,6 +113,7 @@ class Runtime:
         self.defaults = load_defaults(self.paths)
         d = self.defaults
         self.model_spec = model or d.model
+        self.explicit_model = model is not None  # an explicit -m beats a conversation's own model
         kv = kv_type or d.kv_type
         self.type_k = type_k or kv
         self.type_v = type_v or kv
@@ -446,7 +447,7 @@ class TurnStream:
 
     def _turn(self, rt: Runtime, cid: str) -> Iterator[str]:
         record = rt.store.conversation(cid)
-        engine = rt.load(record.model)
+        engine = rt.load(None if rt.explicit_model else record.model)
         if record.model != rt.model_spec:
             rt.store.update(cid, model=rt.model_spec)
         rt.check_memory()

@@ -137,17 +137,20 @@ class StateFiles:
                 os.fsync(fh.fileno())
             os.replace(tmp_header, header_path)
             _fsync_dir(self.dir)
-        except (OSError, StateError) as exc:
+        except BaseException as exc:  # Ctrl-C mid-save too: never leave a half-written file behind
             for leftover in (tmp_payload, tmp_header):
                 leftover.unlink(missing_ok=True)
-            current = self.read_header(cid, missing_ok=True)
+            try:
+                current = self.read_header(cid, missing_ok=True)
+            except StateError:
+                current = None
             if current is None or current.payload != payload.name:
                 payload.unlink(missing_ok=True)
-            if isinstance(exc, StateError):
-                raise
-            raise StateError(
-                f"could not save the KV state: {exc}", "free some disk space; the transcript is safe"
-            ) from exc
+            if isinstance(exc, OSError):
+                raise StateError(
+                    f"could not save the KV state: {exc.strerror or exc}", "free some disk space; the transcript is safe"
+                ) from exc
+            raise
         self._remove_old_payloads(cid, keep=payload.name)
         return header
 
