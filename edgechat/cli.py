@@ -248,7 +248,11 @@ def send(
                     pass
                 print(json.dumps(turn.reply.to_json()))
             else:
-                _stream_out(iter(turn))
+                try:
+                    _stream_out(iter(turn))
+                except KeyboardInterrupt:
+                    turn.close()  # stores the partial reply before we exit
+                    raise
                 st = turn.reply.stats
                 print(
                     f"[{st.conversation_id} · {st.restored_from} · ttft {st.ttft_s:.2f}s · "

@@ -105,7 +105,7 @@ class Defaults:
 
     model: str = "smollm2-135m"
     system_prompt: str = ""
-    kv_type: str = "f16"
+    kv_type: str | None = None  # None: the planner picks (f16 when it fits, else quantized)
     ctx: int | None = None
     gpu_layers: str = "auto"
     threads: int | None = None
@@ -139,7 +139,7 @@ def load_defaults(paths: Paths) -> Defaults:
             )
         values[key] = value
     result = replace(Defaults(), **values)
-    if result.kv_type not in KV_TYPES:
+    if result.kv_type is not None and result.kv_type not in KV_TYPES:
         raise ConfigError(f"{path}: defaults.kv_type = {result.kv_type!r}", f"use one of {KV_TYPES}")
     if result.compaction not in COMPACTION_POLICIES:
         raise ConfigError(

@@ -13,10 +13,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import compaction as compact
 from .config import COMPACTION_POLICIES, KV_TYPES, EngineSettings, SamplingSettings, load_defaults, resolve_paths
@@ -118,7 +118,7 @@ class Runtime:
         self.type_k = type_k or kv
         self.type_v = type_v or kv
         for t in (self.type_k, self.type_v):
-            if t not in KV_TYPES:
+            if t is not None and t not in KV_TYPES:
                 raise ConfigError(f"unknown KV cache type {t!r}", f"use one of {', '.join(KV_TYPES)}")
         self.ctx = ctx or d.ctx
         self.gpu_layers = gpu_layers if gpu_layers is not None else d.gpu_layers
@@ -188,7 +188,7 @@ class Runtime:
         except ImportError:  # pragma: no cover - planner ships with the package
             planner = None  # type: ignore[assignment]
         gpu = self.gpu_layers
-        gpu_layers: int | str = "auto" if gpu in (None, "auto") else int(gpu)
+        gpu_layers: Literal["auto"] | int = "auto" if gpu in (None, "auto") else int(gpu)
         if planner is not None and hasattr(planner, "plan"):
             self.plan = planner.plan(
                 info,
@@ -203,7 +203,7 @@ class Runtime:
             return replace(settings, flash_attn=self.flash_attn if self.flash_attn is not None else settings.flash_attn)
         n_ctx = self.ctx or min(4096, info.context_length or 4096)
         return EngineSettings(
-            model_path=str(path), n_ctx=n_ctx, type_k=self.type_k, type_v=self.type_v,
+            model_path=str(path), n_ctx=n_ctx, type_k=self.type_k or "f16", type_v=self.type_v or self.type_k or "f16",
             flash_attn=self.flash_attn, gpu_layers=0 if gpu_layers == "auto" else int(gpu_layers),
             threads=self.threads, swa_full=self.swa_full,
         )  # fmt: skip
@@ -426,8 +426,19 @@ class TurnStream:
         self.reply: Reply | None = None
         self.notices: list[str] = []
         self.on_event: Callable[[str, Any], None] = lambda _k, _d: None
+        self._gen: Generator[str, None, None] | None = None
 
     def __iter__(self) -> Iterator[str]:
+        if self._gen is None:
+            self._gen = self._run()
+        return self._gen
+
+    def close(self) -> None:
+        """Abandon the turn (e.g. on Ctrl-C in the caller): what was generated is stored as partial."""
+        if self._gen is not None:
+            self._gen.close()
+
+    def _run(self) -> Generator[str, None, None]:
         if not self.text.strip():
             raise EdgechatError("the message is empty", "type something to send")
         rt = self.conv.runtime
@@ -482,7 +493,8 @@ class TurnStream:
         interrupted: BaseException | None = None
         try:
             yield from gen
-        except (KeyboardInterrupt, Cancelled) as exc:
+        except (KeyboardInterrupt, Cancelled, GeneratorExit) as exc:
+            # GeneratorExit: the caller stopped iterating (its own Ctrl-C); keep what was said.
             interrupted = exc
         finish = gen.stats.finish_reason if gen.stats else "cancelled"
         partial = interrupted is not None or finish == "cancelled"
@@ -500,7 +512,7 @@ class TurnStream:
         save_s, state_bytes = rt._save_state(cid, engine)
         rt._owner = cid
         if interrupted is not None and not isinstance(interrupted, Cancelled):
-            raise interrupted
+            raise interrupted  # GeneratorExit must end the generator; Ctrl-C goes on to the caller
         st = gen.stats
         self.reply = Reply(
             text=gen.text,

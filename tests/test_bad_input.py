@@ -32,7 +32,7 @@ def truncated(tmp_path: Path, smollm2: Path) -> Path:
 
 def test_missing_model_file(home):
     line = _one_line_error(run_cli("generate", "hi", "-m", "/nonexistent/model.gguf", home=home))
-    assert "not found" in line
+    assert "no such model file" in line
 
 
 def test_file_that_is_not_gguf(home, tmp_path):

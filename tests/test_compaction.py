@@ -61,16 +61,21 @@ def test_truncate_shifts_the_kv_cache_instead_of_re_prefilling(runtime_factory):
 def test_sliding_window_model_without_full_cache_falls_back_to_re_prefill(home, gemma):
     from edgechat import Runtime
 
-    with Runtime(model=str(gemma), home=home, ctx=512, threads=2, compaction="truncate", swa_full=False) as rt:
+    # Without swa_full the sliding-window cache is smaller than the context (window + ubatch
+    # < 1280), so llama.cpp cannot shift it: compaction must re-prefill the kept turns.
+    with Runtime(model=str(gemma), home=home, ctx=1280, threads=2, compaction="truncate", swa_full=False) as rt:
         rt.load()
         assert not rt.engine.can_shift
         conv = rt.new_conversation()
-        replies = _chat(conv, 9, max_tokens=32)
+        replies = []
+        for i in range(14):
+            text = f"Here are my notes on {TOPICS[i % len(TOPICS)]}: " + " ".join(TOPICS) * 6
+            replies.append(conv.send(text, max_tokens=16, temperature=0))
         compacted = [r for r in replies if r.stats.compacted]
         assert compacted
         assert not any(r.compaction.shifted for r in compacted)
-        assert all(r.stats.context_tokens <= 512 for r in replies)
-        assert len([m for m in conv.messages() if m.kind == "message"]) == 18
+        assert all(r.stats.context_tokens <= 1280 for r in replies)
+        assert len([m for m in conv.messages() if m.kind == "message"]) == 28
 
 
 def test_compaction_off_refuses_the_turn_and_keeps_the_transcript(home, smollm2):

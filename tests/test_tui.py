@@ -1,0 +1,266 @@
+"""The Textual UI, driven by Textual's pilot over the real app and the real small model (greedy)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual import events
+from textual.pilot import Pilot
+from textual.widgets import OptionList
+
+from edgechat import Runtime
+from edgechat.config import resolve_paths, save_default
+from edgechat.tui.app import EdgechatApp
+from edgechat.tui.screens.compaction_view import CompactionView
+from edgechat.tui.screens.model_picker import ModelPicker
+from edgechat.tui.screens.settings import SettingsScreen
+from edgechat.tui.widgets.chat_log import Notice
+
+WIDE = (100, 30)  # wide enough for the sidebar
+LONG_PROMPT = (
+    "Write a very long and detailed story about a lighthouse keeper on a remote island, "
+    "the storms she lives through, the ships she guides, and the letters she writes home."
+)
+
+
+@pytest.fixture()
+def make_app(smollm2: Path, home: Path) -> Iterator[Callable[..., EdgechatApp]]:
+    """Apps on the small model, greedy, 2 threads; the runtime each one built is closed at teardown."""
+    paths = resolve_paths(home)
+    save_default(paths, "temperature", 0.0)
+    apps: list[EdgechatApp] = []
+
+    def make(*, max_tokens: int = 40, ctx: int = 1024, model: str | None = None, **kw: Any) -> EdgechatApp:
+        save_default(paths, "max_tokens", max_tokens)
+
+        def make_runtime(on_notice: Callable[[str], None]) -> Runtime:
+            return Runtime(
+                model=model or str(smollm2), home=home, ctx=ctx, threads=2, kv_type="f16", on_notice=on_notice
+            )
+
+        app = EdgechatApp(make_runtime, **kw)
+        app.notices = []  # type: ignore[attr-defined]
+        notify = app.notify
+
+        def recording_notify(message: str, *, title: str = "", severity: str = "information", **rest: Any) -> None:
+            app.notices.append((severity, title, message))  # type: ignore[attr-defined]
+            notify(message, title=title, severity=severity, **rest)  # type: ignore[arg-type]
+
+        app.notify = recording_notify  # type: ignore[method-assign]
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        if app.runtime is not None:
+            app.runtime.close()
+
+
+async def until(pilot: Pilot[Any], predicate: Callable[[], bool], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting for the UI"
+        await pilot.pause(0.05)
+
+
+def status_text(app: EdgechatApp) -> str:
+    return app.status.render().plain
+
+
+async def send(pilot: Pilot[Any], app: EdgechatApp, text: str) -> None:
+    """Type a message and press Enter, then wait for the reply to finish."""
+    done = app.last_stats
+    app.prompt.text = text
+    await pilot.press("enter")
+    await until(pilot, lambda: app.turn is None and app.last_stats is not done)
+
+
+def stored(app: EdgechatApp) -> list[Any]:
+    assert app.runtime is not None and app.conversation_id is not None
+    return app.runtime.conversation(app.conversation_id).messages()
+
+
+@pytest.mark.asyncio
+async def test_reply_streams_into_the_log_and_is_stored(make_app: Callable[..., EdgechatApp]) -> None:
+    app = make_app(max_tokens=48)
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: app.model_ready)
+        assert "f16" in status_text(app) and "/1024" in status_text(app)
+        # Ctrl+J adds a line instead of sending.
+        await pilot.press("H", "i", "ctrl+j")
+        assert app.prompt.text == "Hi\n" and app.turn is None
+        await send(pilot, app, "Hi\nWhat is the capital of France?")
+        user, reply = app.chat_log.message_views()
+        assert user.text == "Hi\nWhat is the capital of France?"
+        assert reply.text.strip()
+        assert reply.flushes >= 2, "the reply reached the screen in several batches while it was generated"
+        messages = stored(app)
+        assert [m.role for m in messages] == ["user", "assistant"]
+        assert messages[1].content == reply.text and not messages[1].partial
+        assert app.prompt.text == ""
+        assert "TTFT" in status_text(app) and "tok/s" in status_text(app)
+        titles = [str(o.prompt) for o in app.sidebar.query_one(OptionList).options]
+        assert any(t.startswith("Hi") for t in titles), titles
+        assert app.last_reply == reply.text
+
+
+@pytest.mark.asyncio
+async def test_escape_stops_the_reply_and_keeps_it_marked_partial(make_app: Callable[..., EdgechatApp]) -> None:
+    app = make_app(max_tokens=300)
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: app.model_ready)
+        app.prompt.text = LONG_PROMPT
+        # The Enter key event goes straight to the box so the test is not held up until the reply ends.
+        app.prompt.post_message(events.Key("enter", "\r"))
+        await until(pilot, lambda: app.turn is not None and app.turn.view.first_paint is not None)
+        await pilot.press("escape")
+        await until(pilot, lambda: app.turn is None and app.last_stats is not None)
+        assert app.last_stats is not None and app.last_stats.finish_reason == "cancelled"
+        assert app.last_stats.completion_tokens < 256
+        reply = app.chat_log.message_views()[-1]
+        assert reply.has_class("-partial") and reply.border_subtitle == "stopped · partial"
+        last = stored(app)[-1]
+        assert last.role == "assistant" and last.partial and last.content == reply.text
+
+
+@pytest.mark.asyncio
+async def test_switching_away_and_back_resumes_from_memory(make_app: Callable[..., EdgechatApp]) -> None:
+    app = make_app(max_tokens=16)
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: app.model_ready)
+        await send(pilot, app, "Name a colour.")
+        first = app.conversation_id
+        await pilot.press("ctrl+n")
+        assert app.conversation_id is None and not app.chat_log.message_views()
+        await send(pilot, app, "Name a fruit.")
+        assert app.conversation_id != first
+        # Back to the first conversation through the sidebar, by keyboard.
+        options = app.sidebar.query_one(OptionList)
+        options.focus()
+        options.highlighted = options.get_option_index(first)
+        await pilot.press("enter")
+        assert app.conversation_id == first
+        assert [v.role for v in app.chat_log.message_views()] == ["user", "assistant"]
+        await send(pilot, app, "Name another one.")
+        assert app.last_stats is not None and app.last_stats.restored_from in ("memory", "state")
+        assert "resumed from" in status_text(app)
+        assert len(stored(app)) == 4
+
+
+@pytest.mark.asyncio
+async def test_continue_reopens_a_conversation_from_its_saved_state(
+    make_app: Callable[..., EdgechatApp], smollm2: Path, home: Path
+) -> None:
+    with Runtime(model=str(smollm2), home=home, ctx=1024, threads=2, kv_type="f16") as rt:
+        conv = rt.new_conversation()
+        conv.send("Say hello.", max_tokens=16, temperature=0)
+        earlier = conv.id
+    app = make_app(max_tokens=16, cont=True)
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: app.model_ready)
+        assert app.conversation_id == earlier
+        assert [v.role for v in app.chat_log.message_views()] == ["user", "assistant"]
+        await send(pilot, app, "Say goodbye.")
+        assert app.last_stats is not None and app.last_stats.restored_from == "state"
+        assert "resumed from cache in" in status_text(app)
+
+
+@pytest.mark.asyncio
+async def test_a_corrupt_state_is_a_notice_and_the_transcript_rebuilds_it(
+    make_app: Callable[..., EdgechatApp], smollm2: Path, home: Path
+) -> None:
+    with Runtime(model=str(smollm2), home=home, ctx=1024, threads=2, kv_type="f16") as rt:
+        conv = rt.new_conversation()
+        conv.send("Say hello.", max_tokens=16, temperature=0)
+        cid = conv.id
+        for payload in rt.states.dir.glob(f"{cid}-*.kv"):
+            payload.write_bytes(b"\0" * payload.stat().st_size)
+    app = make_app(max_tokens=16, conversation=cid)
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: app.model_ready)
+        await send(pilot, app, "Say goodbye.")
+        assert app.last_stats is not None and app.last_stats.restored_from == "transcript"
+        assert "rebuilt from transcript in" in status_text(app)
+        assert any(sev == "warning" and "not used" in msg for sev, _, msg in app.notices)  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_compaction_shows_a_notice_and_the_compacted_messages(make_app: Callable[..., EdgechatApp]) -> None:
+    app = make_app(max_tokens=64, ctx=256)
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: app.model_ready)
+        for i in range(6):
+            await send(pilot, app, f"Tell me fact number {i} about the ocean, in detail.")
+            if app.chat_log.query(Notice).filter(".-compaction"):
+                break
+        notices = list(app.chat_log.query(Notice).filter(".-compaction"))
+        assert notices, "no compaction notice after six turns in a 256-token context"
+        assert "summarized" in str(notices[0].render())
+        assert app.last_stats is not None and app.last_stats.compacted
+        assert any(v.has_class("-compacted") for v in app.chat_log.message_views())
+        await pilot.press("ctrl+g")
+        assert isinstance(app.screen, CompactionView)
+        assert app.screen.summaries and app.screen.compacted
+        await pilot.press("escape")
+        assert not isinstance(app.screen, CompactionView)
+
+
+@pytest.mark.asyncio
+async def test_a_missing_model_is_a_notification_not_a_crash(make_app: Callable[..., EdgechatApp]) -> None:
+    app = make_app(model="/nonexistent/model.gguf")
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: any(sev == "error" for sev, _, _ in app.notices))  # type: ignore[attr-defined]
+        severity, title, hint = app.notices[-1]  # type: ignore[attr-defined]
+        assert "no such model file" in title and hint
+        app.prompt.text = "Hello?"
+        await pilot.press("enter")
+        await until(pilot, lambda: app.turn is None and len(app.notices) >= 2)  # type: ignore[attr-defined]
+        assert app.notices[-1][0] == "error"  # type: ignore[attr-defined]
+        user = app.chat_log.message_views()[-1]
+        assert user.role == "user" and user.has_class("-error")
+        assert app.is_running
+
+
+# Snapshots: 80x24, model loaded, volatile figures (RAM, timings) hidden by EDGECHAT_SNAPSHOT.
+
+
+def snapshot_app(make_app: Callable[..., EdgechatApp], monkeypatch: pytest.MonkeyPatch) -> EdgechatApp:
+    monkeypatch.setenv("EDGECHAT_SNAPSHOT", "1")
+    return make_app()
+
+
+async def loaded(pilot: Pilot[Any]) -> None:
+    app = pilot.app
+    assert isinstance(app, EdgechatApp)
+    await until(pilot, lambda: app.model_ready)
+    await pilot.pause()
+
+
+def test_snapshot_empty_chat(make_app: Callable[..., EdgechatApp], monkeypatch: pytest.MonkeyPatch, snap_compare: Any) -> None:
+    assert snap_compare(snapshot_app(make_app, monkeypatch), terminal_size=(80, 24), run_before=loaded)
+
+
+def test_snapshot_settings(make_app: Callable[..., EdgechatApp], monkeypatch: pytest.MonkeyPatch, snap_compare: Any) -> None:
+    async def open_settings(pilot: Pilot[Any]) -> None:
+        await loaded(pilot)
+        await pilot.press("ctrl+s")
+        assert isinstance(pilot.app.screen, SettingsScreen)
+        await pilot.pause()
+
+    assert snap_compare(snapshot_app(make_app, monkeypatch), terminal_size=(80, 24), run_before=open_settings)
+
+
+def test_snapshot_model_picker(
+    make_app: Callable[..., EdgechatApp], monkeypatch: pytest.MonkeyPatch, snap_compare: Any
+) -> None:
+    async def open_picker(pilot: Pilot[Any]) -> None:
+        await loaded(pilot)
+        await pilot.press("ctrl+o")
+        assert isinstance(pilot.app.screen, ModelPicker)
+        await pilot.pause()
+
+    assert snap_compare(snapshot_app(make_app, monkeypatch), terminal_size=(80, 24), run_before=open_picker)
