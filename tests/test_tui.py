@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from textual import events
 from textual.pilot import Pilot
-from textual.widgets import OptionList
+from textual.widgets import Input, OptionList, Select, TextArea
 
 from edgechat import Runtime
-from edgechat.config import resolve_paths, save_default
+from edgechat.config import load_defaults, resolve_paths, save_default
 from edgechat.tui.app import EdgechatApp
 from edgechat.tui.screens.compaction_view import CompactionView
 from edgechat.tui.screens.model_picker import ModelPicker
@@ -77,6 +77,11 @@ async def send(pilot: Pilot[Any], app: EdgechatApp, text: str) -> None:
     app.prompt.text = text
     await pilot.press("enter")
     await until(pilot, lambda: app.turn is None and app.last_stats is not done)
+
+
+def stored_record(app: EdgechatApp) -> Any:
+    assert app.runtime is not None and app.conversation_id is not None
+    return app.runtime.store.conversation(app.conversation_id)
 
 
 def stored(app: EdgechatApp) -> list[Any]:
@@ -240,11 +245,15 @@ async def loaded(pilot: Pilot[Any]) -> None:
     await pilot.pause()
 
 
-def test_snapshot_empty_chat(make_app: Callable[..., EdgechatApp], monkeypatch: pytest.MonkeyPatch, snap_compare: Any) -> None:
+def test_snapshot_empty_chat(
+    make_app: Callable[..., EdgechatApp], monkeypatch: pytest.MonkeyPatch, snap_compare: Any
+) -> None:
     assert snap_compare(snapshot_app(make_app, monkeypatch), terminal_size=(80, 24), run_before=loaded)
 
 
-def test_snapshot_settings(make_app: Callable[..., EdgechatApp], monkeypatch: pytest.MonkeyPatch, snap_compare: Any) -> None:
+def test_snapshot_settings(
+    make_app: Callable[..., EdgechatApp], monkeypatch: pytest.MonkeyPatch, snap_compare: Any
+) -> None:
     async def open_settings(pilot: Pilot[Any]) -> None:
         await loaded(pilot)
         await pilot.press("ctrl+s")
@@ -264,3 +273,96 @@ def test_snapshot_model_picker(
         await pilot.pause()
 
     assert snap_compare(snapshot_app(make_app, monkeypatch), terminal_size=(80, 24), run_before=open_picker)
+
+
+@pytest.mark.asyncio
+async def test_rename_search_and_delete_from_the_sidebar(make_app: Callable[..., EdgechatApp], home: Path) -> None:
+    with Runtime(home=home) as rt:  # conversations only: no model is loaded
+        keep = rt.new_conversation(title="Alpha notes").id
+        gone = rt.new_conversation(title="Beta plans").id
+    app = make_app(autoload=False)
+    async with app.run_test(size=WIDE) as pilot:
+        options = app.sidebar.query_one(OptionList)
+        assert options.option_count == 2
+        options.focus()
+        options.highlighted = options.get_option_index(keep)
+        await pilot.press("r")
+        await pilot.pause()
+        app.screen.query_one("#title", Input).value = "Gamma notes"
+        await pilot.press("enter")
+        assert app.runtime is not None and app.runtime.store.conversation(keep).title == "Gamma notes"
+        # Typing in the search box filters by title and does not trigger the list's one-key verbs.
+        await pilot.press("ctrl+f")
+        await pilot.press("n", "o", "t", "e", "s")
+        assert options.option_count == 1 and app.conversation_id is None
+        app.sidebar.query_one("#search", Input).value = ""
+        await pilot.pause()
+        options.focus()
+        options.highlighted = options.get_option_index(gone)
+        await pilot.press("delete")
+        await pilot.press("y")
+        assert [r.id for r in app.runtime.conversations()] == [keep]
+        assert options.option_count == 1
+
+
+@pytest.mark.asyncio
+async def test_settings_are_saved_per_conversation_and_as_defaults(
+    make_app: Callable[..., EdgechatApp], home: Path
+) -> None:
+    app = make_app(max_tokens=8)
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: app.model_ready)
+        await send(pilot, app, "Hello.")
+        await pilot.press("ctrl+s")
+        assert isinstance(app.screen, SettingsScreen)
+        app.screen.query_one("#max_tokens", Input).value = "12"
+        app.screen.query_one("#system_prompt", TextArea).text = "Answer in one word."
+        await pilot.click("#save")
+        settings = stored_record(app).settings
+        assert settings["max_tokens"] == 12 and settings["system_prompt"] == "Answer in one word."
+        assert settings["temperature"] == 0.0
+        # An engine setting saved as default reloads the model with it.
+        await pilot.press("ctrl+s")
+        app.screen.query_one("#kv_type", Select).value = "q8_0"
+        await pilot.click("#default")
+        await until(pilot, lambda: app.model_ready and app.runtime is not None and app.runtime.engine is not None)
+        assert app.runtime is not None and app.runtime.engine is not None
+        assert app.runtime.engine.settings.type_k == "q8_0" and "q8_0" in status_text(app)
+        defaults = load_defaults(resolve_paths(home))
+        assert defaults.kv_type == "q8_0" and defaults.max_tokens == 12
+        await send(pilot, app, "And again.")
+        assert app.last_stats is not None and app.last_stats.kv_type == "q8_0"
+
+
+@pytest.mark.asyncio
+async def test_the_model_picker_loads_a_local_file(make_app: Callable[..., EdgechatApp], smollm2: Path) -> None:
+    app = make_app(model="smollm2-135m", autoload=False)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("ctrl+o")
+        assert isinstance(app.screen, ModelPicker)
+        assert app.screen.rows, "the registry lists its models"
+        app.screen.query_one("#path", Input).value = str(smollm2)
+        await pilot.press("enter")
+        await until(pilot, lambda: app.model_ready)
+        assert app.runtime is not None and app.runtime.model_name == smollm2.stem
+        assert smollm2.stem[:12] in status_text(app)
+
+
+@pytest.mark.asyncio
+async def test_ctrl_q_during_a_reply_stops_it_and_quits_cleanly(
+    make_app: Callable[..., EdgechatApp], smollm2: Path, home: Path
+) -> None:
+    app = make_app(max_tokens=300)
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: app.model_ready)
+        app.prompt.text = LONG_PROMPT
+        app.prompt.post_message(events.Key("enter", "\r"))
+        await until(pilot, lambda: app.turn is not None and app.turn.view.first_paint is not None)
+        cid = app.turn.conversation_id if app.turn else ""
+        await pilot.press("ctrl+q")
+        await until(pilot, lambda: not app.is_running, timeout=30)
+    assert app.return_code in (None, 0)
+    with Runtime(model=str(smollm2), home=home, ctx=1024, threads=2) as rt:
+        last = rt.conversation(cid).messages()[-1]
+        assert last.role == "assistant" and last.partial
+        assert rt.states.exists(cid), "the KV state was saved before the app quit"

@@ -1,0 +1,217 @@
+"""Probes for how much memory the machine has free right now: RAM, VRAM, this process.
+
+The planner sizes context, KV type and GPU offload from a `MemorySnapshot`. Every probe
+degrades to "nothing found" instead of raising: a laptop without NVIDIA drivers, a
+CPU-only llama.cpp build or a sandbox without /proc must still get a plan.
+
+VRAM comes from NVML (the `nvidia-ml-py` package, optional extra `[nvidia]`) and, when
+that is missing or fails, from ggml's own device query. llama-cpp-python 0.3.36 does not
+bind `ggml_backend_dev_*` in its Python API, but `llama_cpp._ggml` already loads libggml,
+which exports them, so the prototypes are declared here (ggml-backend.h).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    """One accelerator's memory in bytes, as its driver reports it now."""
+
+    index: int
+    name: str
+    total: int
+    free: int
+    used: int
+
+
+@dataclass(frozen=True)
+class MemorySnapshot:
+    """What the machine can give a model at one moment, in bytes.
+
+    `unified` is True on Apple Silicon: the GPU draws from RAM, so its single entry in
+    `gpus` mirrors the RAM figures and must not be added to them.
+    """
+
+    ram_total: int
+    ram_available: int
+    process_rss: int
+    gpus: tuple[GpuMemory, ...] = ()
+    unified: bool = False
+    gpu_source: str = "none"  # "nvml" | "ggml" | "unified" | "none"
+
+
+def probe(*, gpus: bool = True) -> MemorySnapshot:
+    """Read RAM, this process's RSS and (unless `gpus=False`) every GPU's memory."""
+    total, available = _ram()
+    rss = rss_now()
+    if _is_apple_silicon():
+        # Metal buffers live in the same RAM: one pool, counted once.
+        gpu = GpuMemory(0, "Apple GPU (unified memory)", total, available, total - available)
+        return MemorySnapshot(total, available, rss, (gpu,), unified=True, gpu_source="unified")
+    if not gpus:
+        return MemorySnapshot(total, available, rss)
+    found = _nvml_gpus()
+    source = "nvml"
+    if not found:
+        found = _ggml_gpus()
+        source = "ggml"
+    return MemorySnapshot(total, available, rss, found, unified=False, gpu_source=source if found else "none")
+
+
+def rss_now() -> int:
+    """Resident set size of this process in bytes (0 when it cannot be read)."""
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # noqa: BLE001 - a probe never raises
+        pass
+    try:  # Linux without psutil: resident pages are the second field of statm
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class PeakRss:
+    """Context manager that samples RSS in a thread and keeps the peak, for benchmarks.
+
+    Sampling can miss a spike shorter than `interval`; llama.cpp's allocations are
+    long-lived (weights, KV, compute buffer), so a 10 ms period catches them.
+    """
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.start = 0
+        self.peak = 0
+        self.end = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def delta(self) -> int:
+        """How far the peak rose above the RSS at entry."""
+        return max(0, self.peak - self.start)
+
+    def __enter__(self) -> PeakRss:
+        self.start = self.peak = rss_now()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="edgechat-peak-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.end = rss_now()
+        self.peak = max(self.peak, self.end)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_now())
+            time.sleep(self.interval)
+
+
+# --- probes ---------------------------------------------------------------------------
+
+
+def _ram() -> tuple[int, int]:
+    try:
+        import psutil
+
+        vm = psutil.virtual_memory()
+        return int(vm.total), int(vm.available)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+    except (OSError, ValueError, AttributeError):
+        return 0, 0
+
+
+def _is_apple_silicon() -> bool:
+    return platform.system() == "Darwin" and platform.machine() == "arm64"
+
+
+def _nvml_gpus() -> tuple[GpuMemory, ...]:
+    """NVIDIA GPUs through NVML; no driver, no package or any NVML error gives ()."""
+    try:
+        import pynvml  # from nvidia-ml-py
+    except Exception:  # noqa: BLE001
+        return ()
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        return ()
+    try:
+        out: list[GpuMemory] = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(handle)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            out.append(
+                GpuMemory(
+                    index=i,
+                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    total=int(mem.total),
+                    free=int(mem.free),
+                    used=int(mem.used),
+                )
+            )
+        return tuple(out)
+    except Exception:  # noqa: BLE001
+        return ()
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+_GGML_DEV_TYPE_GPU = 1  # enum ggml_backend_dev_type: CPU, GPU, IGPU, ACCEL, META
+
+
+def _ggml_gpus() -> tuple[GpuMemory, ...]:
+    """GPUs as the llama.cpp build in use sees them (CUDA, ROCm, Vulkan, SYCL...).
+
+    Only dedicated GPUs count: an integrated GPU (IGPU) allocates from host RAM, which
+    the RAM figures already cover. A CPU-only build reports just its CPU device: ().
+    """
+    try:
+        from llama_cpp import _ggml
+
+        lib = _ggml.libggml
+        lib.ggml_backend_dev_count.argtypes = []
+        lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+        lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+        lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_dev_type.restype = ctypes.c_int
+        lib.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_dev_description.restype = ctypes.c_char_p
+        size_p = ctypes.POINTER(ctypes.c_size_t)
+        lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
+        lib.ggml_backend_dev_memory.restype = None
+        out: list[GpuMemory] = []
+        for i in range(lib.ggml_backend_dev_count()):
+            dev = lib.ggml_backend_dev_get(i)
+            if not dev or lib.ggml_backend_dev_type(dev) != _GGML_DEV_TYPE_GPU:
+                continue
+            free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+            lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+            desc = (lib.ggml_backend_dev_description(dev) or b"GPU").decode(errors="replace")
+            out.append(GpuMemory(len(out), desc, total.value, free.value, total.value - free.value))
+        return tuple(out)
+    except Exception:  # noqa: BLE001 - no llama_cpp, an old libggml without the symbols, ...
+        return ()

@@ -1,0 +1,801 @@
+"""The Textual app: conversations on the left, the chat in the middle, live figures at the bottom.
+
+It is a view over `edgechat.session`: every turn, load and delete goes through `Runtime` and
+`Conversation`. Anything that touches llama.cpp runs in a thread worker holding `engine_lock`,
+so the UI keeps handling keys while a model loads or a reply streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Footer
+
+from ..errors import EdgechatError
+from .figures import model_label, restore_phrase, snapshot_mode
+from .screens.compaction_view import CompactionView
+from .screens.dialogs import ConfirmDelete, RenameDialog
+from .screens.model_picker import ModelPicker
+from .screens.settings import SettingsResult, SettingsScreen, SettingsValues
+from .widgets.chat_log import ChatLog, MessageView, Notice
+from .widgets.conversation_list import ConversationList
+from .widgets.prompt_input import PromptInput
+from .widgets.status_bar import StatusBar
+
+if TYPE_CHECKING:
+    from ..session import Reply, Runtime, TurnStats
+
+MakeRuntime = Callable[[Callable[[str], None]], "Runtime"]
+MEMORY_PROBE_S = 2.0
+# Actions that only make sense on the chat screen, not under a dialog.
+MAIN_ONLY = frozenset(
+    {"new_conversation", "rename", "delete", "pick_model", "settings", "show_compaction", "focus_search",
+     "toggle_sidebar", "copy_reply"}
+)  # fmt: skip
+
+
+@dataclass
+class ActiveTurn:
+    """A reply being generated: what the worker needs and what the UI shows for it."""
+
+    conversation_id: str
+    text: str
+    user_view: MessageView
+    view: MessageView
+    fresh: bool  # first turn since the conversation was opened: show where its KV came from
+    stop: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.perf_counter)
+    restored: dict[str, Any] = field(default_factory=dict)
+
+
+def as_error(exc: BaseException) -> EdgechatError:
+    """Whatever went wrong, as a message plus a fix the user can act on (never a traceback)."""
+    if isinstance(exc, EdgechatError):
+        return exc
+    if isinstance(exc, MemoryError):
+        return EdgechatError("out of memory", "use a smaller model, a smaller --ctx, or --kv-type q8_0")
+    return EdgechatError(f"{type(exc).__name__}: {exc}", "run `edgechat --debug chat` to see the details")
+
+
+class EdgechatApp(App[None]):
+    """The chat UI; `make_runtime(on_notice)` builds the Runtime with the user's command-line options."""
+
+    CSS_PATH = "edgechat.tcss"
+    TITLE = "edgechat"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    BINDINGS = [
+        Binding("escape", "stop_reply", "Stop"),
+        Binding("ctrl+n", "new_conversation", "New"),
+        Binding("ctrl+o", "pick_model", "Model"),
+        Binding("ctrl+s", "settings", "Settings"),
+        Binding("ctrl+l", "copy_reply", "Copy reply"),
+        Binding("ctrl+b", "toggle_sidebar", "Sidebar"),
+        Binding("ctrl+g", "show_compaction", "Compacted", show=False),
+        Binding("ctrl+r", "rename", "Rename", show=False),
+        Binding("ctrl+f", "focus_search", "Search", show=False),
+    ]
+
+    class Notice(Message):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    class TurnEvent(Message):
+        def __init__(self, turn: ActiveTurn, kind: str, data: Any) -> None:
+            super().__init__()
+            self.turn = turn
+            self.kind = kind
+            self.data = data
+
+    class TurnFinished(Message):
+        def __init__(self, turn: ActiveTurn, reply: Reply | None, kv_bytes: int, error: EdgechatError | None) -> None:
+            super().__init__()
+            self.turn = turn
+            self.reply = reply
+            self.kv_bytes = kv_bytes
+            self.error = error
+
+    class ModelLoaded(Message):
+        def __init__(self, seconds: float, kv_bytes: int, error: EdgechatError | None, retired: Runtime | None) -> None:
+            super().__init__()
+            self.seconds = seconds
+            self.kv_bytes = kv_bytes
+            self.error = error
+            self.retired = retired
+
+    class LoadProgress(Message):
+        def __init__(self, spec: str, done: int, total: int | None) -> None:
+            super().__init__()
+            self.spec = spec
+            self.done = done
+            self.total = total
+
+    class MemoryProbed(Message):
+        def __init__(self, snapshot: Any) -> None:
+            super().__init__()
+            self.snapshot = snapshot
+
+    def __init__(
+        self, make_runtime: MakeRuntime, *, conversation: str | None = None, cont: bool = False, autoload: bool = True
+    ) -> None:
+        super().__init__()
+        self.make_runtime = make_runtime
+        self.initial_conversation = conversation
+        self.cont = cont
+        self.autoload = autoload
+        self.runtime: Runtime | None = None
+        self.conversation_id: str | None = None
+        self.engine_lock = threading.Lock()
+        self.turn: ActiveTurn | None = None
+        self.loading = False
+        self.last_reply = ""
+        self.last_stats: TurnStats | None = None
+        self.model_ready = False
+        self._pending_settings: dict[str, Any] = {}
+        self._fresh = False
+        self._search = ""
+        self._when_idle: list[Callable[[], Any]] = []
+        self._quitting = False
+
+    # layout -------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="body"):
+            yield ConversationList(id="sidebar")
+            with Vertical(id="main"):
+                yield ChatLog(id="chat-log")
+                yield PromptInput(id="prompt", placeholder="Message · Enter sends · Shift+Enter or Ctrl+J: new line")
+        yield StatusBar(id="status")
+        yield Footer(compact=True)
+
+    async def on_mount(self) -> None:
+        self.main_screen: Screen[Any] = self.screen
+        self.chat_log = self.query_one(ChatLog)
+        self.status = self.query_one(StatusBar)
+        self.sidebar = self.query_one(ConversationList)
+        self.prompt = self.query_one(PromptInput)
+        self.prompt.focus()
+        try:
+            self.runtime = self.make_runtime(self._core_notice)
+        except Exception as exc:  # noqa: BLE001 - a bad config must not take the UI down
+            self.show_error(as_error(exc))
+            self.status.update(activity="", model="no runtime")
+            await self.chat_log.show([])
+            return
+        rt = self.runtime
+        self.status.update(model=model_label(rt.model_spec), kv_type=_kv_label(rt))
+        await self._open_initial()
+        if self.autoload and not self.loading:
+            record = rt.store.conversation(self.conversation_id) if self.conversation_id else None
+            self.load_model(spec=record.model if record else None)
+        if not snapshot_mode():
+            self.set_interval(MEMORY_PROBE_S, self.probe_memory)
+            self.probe_memory()
+
+    async def _open_initial(self) -> None:
+        rt = self.runtime
+        assert rt is not None
+        cid = self.initial_conversation
+        try:
+            if cid is None and self.cont:
+                latest = rt.latest()
+                if latest is None:
+                    self.notify("there is no saved conversation yet; this is a new one", title="nothing to continue")
+                cid = latest.id if latest else None
+            if cid is not None:
+                await self.open_conversation(cid)
+                return
+        except EdgechatError as exc:
+            self.show_error(exc)
+        await self.start_new_conversation()
+
+    # errors and notices ---------------------------------------------------------------------
+
+    def show_error(self, exc: EdgechatError) -> None:
+        self.notify(exc.hint or " ", title=exc.message, severity="error", timeout=12)
+
+    def _core_notice(self, text: str) -> None:
+        """Runtime.on_notice: called from worker threads, so hop onto the UI thread by message."""
+        if threading.get_ident() == self._thread_id:
+            self.notify(text, title="note", severity="warning", timeout=8)
+        else:
+            self.post_message(self.Notice(text))
+
+    def on_edgechat_app_notice(self, message: Notice) -> None:
+        self.notify(message.text, title="note", severity="warning", timeout=8)
+
+    # conversations --------------------------------------------------------------------------
+
+    def refresh_sidebar(self) -> None:
+        if self.runtime is None:
+            return
+        try:
+            records = self.runtime.conversations(self._search)
+        except EdgechatError as exc:
+            self.show_error(exc)
+            return
+        self.sidebar.show(records, self.conversation_id)
+
+    async def open_conversation(self, cid: str) -> None:
+        """Show a stored conversation; its KV state is restored lazily, on the next turn."""
+        rt = self.runtime
+        assert rt is not None
+        record = rt.store.conversation(cid)
+        messages = rt.conversation(record.id).messages()
+        self.conversation_id = record.id
+        self._pending_settings = {}
+        self._fresh = bool(messages)
+        self.last_reply = next((m.content for m in reversed(messages) if m.role == "assistant"), "")
+        await self.chat_log.show(messages, model_label=model_label(record.model))
+        self.status.update(ctx_used=record.token_count, restore="", ttft_s=None, tokens_per_s=None)
+        self.refresh_sidebar()
+        self._apply_conversation_engine(record.settings, record.model)
+
+    async def start_new_conversation(self) -> None:
+        """A blank chat; it is stored only when the first message is sent."""
+        self.conversation_id = None
+        self._pending_settings = {}
+        self._fresh = False
+        self.last_reply = ""
+        await self.chat_log.show([])
+        self.status.update(ctx_used=0, restore="", ttft_s=None, tokens_per_s=None)
+        self.refresh_sidebar()
+
+    def _apply_conversation_engine(self, settings: dict[str, Any], model: str) -> None:
+        """A conversation may carry its own engine settings or model: load them before its next turn."""
+        rt = self.runtime
+        if rt is None or not self.autoload:
+            return
+        wanted = _engine_overrides(rt, settings)
+        if wanted:
+            self.load_model(spec=model, overrides=wanted)
+        elif rt.engine is not None and model not in (rt.model_spec, rt.model_name):
+            self.load_model(spec=model)
+
+    @on(ConversationList.Opened)
+    async def _sidebar_open(self, message: ConversationList.Opened) -> None:
+        if message.conversation_id == self.conversation_id:
+            self.prompt.focus()
+            return
+        if self._busy("switch conversations"):
+            return
+        try:
+            await self.open_conversation(message.conversation_id)
+        except EdgechatError as exc:
+            self.show_error(exc)
+        self.prompt.focus()
+
+    @on(ConversationList.Search)
+    def _sidebar_search(self, message: ConversationList.Search) -> None:
+        self._search = message.text
+        self.refresh_sidebar()
+
+    @on(ConversationList.Action)
+    async def _sidebar_action(self, message: ConversationList.Action) -> None:
+        if message.verb == "new":
+            await self.action_new_conversation()
+        elif message.verb == "rename":
+            self._rename(message.conversation_id)
+        elif message.verb == "delete":
+            self._delete(message.conversation_id)
+
+    def _busy(self, what: str) -> bool:
+        if self.turn is None:
+            return False
+        self.notify(f"press Esc to stop the reply, then {what}", title="a reply is streaming", severity="warning")
+        return True
+
+    def _idle(self, fn: Callable[[], Any]) -> None:
+        """Run a store write now, or after the streaming turn (whose worker owns the store meanwhile)."""
+        if self.turn is None:
+            fn()
+        else:
+            self._when_idle.append(fn)
+
+    def _rename(self, cid: str | None) -> None:
+        rt = self.runtime
+        if rt is None or cid is None:
+            self.notify("send a message first: a new conversation is saved with its first turn")
+            return
+        record = rt.store.conversation(cid)
+
+        def done(title: str | None) -> None:
+            if title:
+                self._idle(lambda: (rt.store.rename(record.id, title), self.refresh_sidebar()))
+
+        self.push_screen(RenameDialog(record.title), done)
+
+    def _delete(self, cid: str | None) -> None:
+        rt = self.runtime
+        if rt is None or cid is None:
+            return
+        if self._busy("delete"):
+            return
+        record = rt.store.conversation(cid)
+
+        async def done(confirmed: bool | None) -> None:
+            if not confirmed:
+                return
+            try:
+                rt.delete_conversation(record.id)
+            except EdgechatError as exc:
+                self.show_error(exc)
+                return
+            self.notify(f"deleted “{record.title}”")
+            if record.id == self.conversation_id:
+                await self.start_new_conversation()
+            else:
+                self.refresh_sidebar()
+
+        self.push_screen(ConfirmDelete(record.title), done)
+
+    # sending --------------------------------------------------------------------------------
+
+    @on(PromptInput.Submitted)
+    async def _submitted(self, message: PromptInput.Submitted) -> None:
+        await self.send(message.text)
+
+    async def send(self, text: str) -> ActiveTurn | None:
+        """Start a turn: show the message at once, generate in a worker, stream into the log."""
+        rt = self.runtime
+        if rt is None:
+            self.show_error(EdgechatError("no runtime", "fix the error shown at start-up and restart edgechat"))
+            return None
+        if self._busy("send the next message"):
+            return None
+        if self.conversation_id is None:
+            try:
+                conv = rt.new_conversation(model=rt.model_spec)
+                if self._pending_settings:
+                    rt.store.update(conv.id, settings={**conv.record.settings, **self._pending_settings})
+            except EdgechatError as exc:
+                self.show_error(exc)
+                return None
+            self.conversation_id = conv.id
+            self._pending_settings = {}
+        user_view = MessageView("user", text)
+        view = MessageView("assistant", label=model_label(rt.model_name or rt.model_spec), streaming=True)
+        turn = ActiveTurn(self.conversation_id, text, user_view, view, fresh=self._fresh)
+        self._fresh = False
+        self.turn = turn
+        # Start the turn first: mounting the views overlaps the prefill, and pieces that arrive
+        # before the view is mounted wait in its buffer.
+        self.generate(turn)
+        self.prompt.clear()
+        self.status.update(
+            activity="loading model…" if self.loading or rt.engine is None else "thinking…",
+            activity_since=time.perf_counter(),
+        )
+        await self.chat_log.add(user_view)
+        await self.chat_log.add(view)
+        self.chat_log.scroll_end(animate=False)
+        self.refresh_bindings()
+        return turn
+
+    @work(thread=True, exit_on_error=False, group="engine")
+    def generate(self, turn: ActiveTurn) -> None:
+        """Run the turn pipeline; pieces go to the view's buffer, events and the result by message."""
+        with self.engine_lock:
+            rt = self.runtime
+            assert rt is not None
+            try:
+                stream = rt.conversation(turn.conversation_id).stream(turn.text, stop=turn.stop)
+                stream.on_event = lambda kind, data: self.post_message(self.TurnEvent(turn, kind, data))
+                first = True
+                for piece in stream:
+                    turn.view.feed(piece)
+                    if first:
+                        first = False
+                        self.post_message(self.TurnEvent(turn, "first_token", None))
+                kv = rt.engine.kv_bytes() if rt.engine is not None else 0
+                self.post_message(self.TurnFinished(turn, stream.reply, kv, None))
+            except BaseException as exc:  # noqa: BLE001 - every failure becomes a notification
+                self.post_message(self.TurnFinished(turn, None, 0, as_error(exc)))
+
+    async def on_edgechat_app_turn_event(self, message: TurnEvent) -> None:
+        turn = message.turn
+        if message.kind == "restored":
+            turn.restored = dict(message.data)
+            if not turn.stop.is_set():
+                self.status.update(activity="thinking…")
+            if self.loading:
+                self.loading = False
+                self._model_status()
+        elif message.kind == "first_token":
+            if not turn.stop.is_set():
+                self.status.update(activity="generating…")
+        elif message.kind == "compacted":
+            await self.chat_log.add(Notice(_compaction_text(message.data), kind="compaction"), before=turn.user_view)
+
+    async def on_edgechat_app_turn_finished(self, message: TurnFinished) -> None:
+        turn = message.turn
+        self.status.update(activity="")
+        if message.error is not None:
+            await turn.view.finish(partial=True)
+            if not turn.view.text:
+                await turn.view.remove()
+            turn.user_view.message_id = -1  # not stored: keep it out of id matching
+            turn.user_view.add_class("-error")
+            turn.user_view.border_subtitle = "not sent"
+            self.show_error(message.error)
+        else:
+            assert message.reply is not None
+            self.last_stats = message.reply.stats
+            await self._show_reply(turn, message.reply, message.kv_bytes)
+        self.turn = None  # only now: until here the finished reply was still being drawn
+        self.refresh_bindings()
+        for fn in self._when_idle:
+            fn()
+        self._when_idle.clear()
+        if self._quitting:
+            self.exit()
+
+    async def _show_reply(self, turn: ActiveTurn, reply: Reply, kv_bytes: int) -> None:
+        st = reply.stats
+        stopped = st.finish_reason == "cancelled"
+        if stopped and not reply.text:
+            await turn.view.remove()
+            await self.chat_log.add(Notice("stopped before the first token", kind="info"))
+        else:
+            subtitle = (
+                f"{st.completion_tokens} tok · {st.decode_tokens_per_s:.0f} tok/s" if not snapshot_mode() else None
+            )
+            await turn.view.finish(partial=stopped, cut=st.finish_reason == "length", subtitle=subtitle)
+            self.last_reply = reply.text
+        rt = self.runtime
+        if rt is not None and self.conversation_id == turn.conversation_id:
+            with contextlib.suppress(EdgechatError):
+                self.chat_log.assign_ids(rt.conversation(turn.conversation_id).messages())
+        if reply.compaction is not None:
+            await self.chat_log.mark_compacted(reply.compaction.compacted_ids)
+        source = turn.restored.get("source", st.restored_from)
+        phrase = restore_phrase(source, st.restore_s, st.ttft_s) if turn.fresh else ""
+        self.status.update(
+            ctx_used=st.context_tokens, ctx_limit=st.context_limit, kv_bytes=kv_bytes, kv_type=st.kv_type,
+            ttft_s=st.ttft_s, tokens_per_s=st.decode_tokens_per_s or None, restore=phrase,
+            model=model_label(st.model) or self.status.figures.model,
+        )  # fmt: skip
+        self.refresh_sidebar()
+
+    # model loading --------------------------------------------------------------------------
+
+    def load_model(self, spec: str | None = None, overrides: dict[str, Any] | None = None) -> None:
+        """Load (or reload with new engine settings) in a worker; a turn sent meanwhile waits for it."""
+        rt = self.runtime
+        if rt is None:
+            return
+        self.loading = True
+        self.model_ready = False
+        name = model_label(spec or rt.model_spec)
+        self.status.update(activity=f"loading {name}…", activity_since=time.perf_counter())
+        self._load(spec, overrides)
+
+    @work(thread=True, exit_on_error=False, group="engine")
+    def _load(self, spec: str | None, overrides: dict[str, Any] | None) -> None:
+        t0 = time.perf_counter()
+        retired: Runtime | None = None
+        with self.engine_lock:
+            try:
+                if overrides is not None:
+                    retired = self.runtime
+                    assert retired is not None
+                    if retired.engine is not None:  # free its memory before the new context is allocated
+                        retired.engine.close()
+                        retired.engine = None
+                    fresh = self.make_runtime(self._core_notice)
+                    fresh.model_spec = spec or retired.model_spec
+                    for key, value in overrides.items():
+                        setattr(fresh, key, value)
+                    # Swapped under the lock: a turn queued behind this load must see the new runtime.
+                    self.runtime = fresh
+                rt = self.runtime
+                assert rt is not None
+                self._fetch_model(rt, spec or rt.model_spec)
+                engine = rt.load(spec)
+                kv = engine.kv_bytes()
+            except BaseException as exc:  # noqa: BLE001 - shown as a notification
+                self.post_message(self.ModelLoaded(time.perf_counter() - t0, 0, as_error(exc), retired))
+                return
+        self.post_message(self.ModelLoaded(time.perf_counter() - t0, kv, None, retired))
+
+    def _fetch_model(self, rt: Runtime, spec: str) -> None:
+        """Download a registry model before loading it, so the status bar can show the progress."""
+        try:
+            from ..registry import resolve_model
+        except ImportError:
+            return
+        last = [0.0]
+
+        def progress(done: int, total: int | None) -> None:
+            now = time.perf_counter()
+            if now - last[0] >= 0.2 or (total and done >= total):
+                last[0] = now
+                self.post_message(self.LoadProgress(spec, done, total))
+
+        resolve_model(spec, rt.paths, download=rt.download, progress=progress)
+
+    def on_edgechat_app_load_progress(self, message: LoadProgress) -> None:
+        got = f"{message.done / 2**20:.0f}" + (f"/{message.total / 2**20:.0f} MB" if message.total else " MB")
+        share = f" {message.done * 100 // message.total}%" if message.total else ""
+        self.status.update(activity=f"downloading {model_label(message.spec)}{share} ({got})")
+
+    def on_edgechat_app_model_loaded(self, message: ModelLoaded) -> None:
+        if message.retired is not None:
+            message.retired.close()
+        self.loading = False
+        if self.turn is None:
+            self.status.update(activity="")
+        if message.error is not None:
+            self.model_ready = False
+            self.show_error(message.error)
+            self.status.update(ctx_limit=0, kv_bytes=0)
+            return
+        self.model_ready = True
+        self.status.update(kv_bytes=message.kv_bytes)
+        self._model_status()
+        if not snapshot_mode():
+            self.notify(f"{self.status.figures.model} loaded in {message.seconds:.1f} s", timeout=3)
+
+    def _model_status(self) -> None:
+        rt = self.runtime
+        if rt is None or rt.engine is None:
+            return
+        self.status.update(
+            model=model_label(rt.model_name or rt.model_spec), kv_type=_kv_label(rt), ctx_limit=rt.engine.n_ctx,
+            budget_mb=rt.budget_mb,
+        )  # fmt: skip
+
+    # memory ---------------------------------------------------------------------------------
+
+    @work(thread=True, exit_on_error=False, group="probe", exclusive=True)
+    def probe_memory(self) -> None:
+        try:
+            from ..memory import probe
+        except ImportError:
+            return
+        try:
+            snapshot = probe()
+        except Exception:  # noqa: BLE001 - a failed probe only leaves the figures stale
+            return
+        self.post_message(self.MemoryProbed(snapshot))
+
+    def on_edgechat_app_memory_probed(self, message: MemoryProbed) -> None:
+        snap = message.snapshot
+        gpus = tuple(getattr(snap, "gpus", ()) or ())
+        self.status.update(
+            rss_bytes=getattr(snap, "process_rss", 0),
+            ram_total=getattr(snap, "ram_total", 0),
+            vram_used=sum(g.used for g in gpus),
+            vram_total=sum(g.total for g in gpus),
+        )
+
+    # actions --------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stop_reply":
+            return self.turn is not None and not isinstance(self.screen, ModalScreen)
+        return not (action in MAIN_ONLY and isinstance(self.screen, ModalScreen))
+
+    def action_stop_reply(self) -> None:
+        """Esc: the engine sees the flag at the next token; the partial reply is stored and marked."""
+        if self.turn is not None:
+            self.turn.stop.set()
+            self.status.update(activity="stopping…")
+
+    async def action_new_conversation(self) -> None:
+        if self._busy("start a new conversation"):
+            return
+        await self.start_new_conversation()
+        self.prompt.focus()
+
+    def action_rename(self) -> None:
+        self._rename(self.conversation_id)
+
+    def action_delete(self) -> None:
+        self._delete(self.conversation_id)
+
+    def action_focus_search(self) -> None:
+        self.main_screen.add_class("-sidebar-open")
+        self.main_screen.remove_class("-sidebar-closed")
+        self.sidebar.focus_search()
+
+    def action_toggle_sidebar(self) -> None:
+        shown = self.sidebar.display
+        self.main_screen.set_class(shown, "-sidebar-closed")
+        self.main_screen.set_class(not shown, "-sidebar-open")
+        if not shown:
+            self.sidebar.query_one("#conversations").focus()
+        elif self.sidebar.has_focus_within:
+            self.prompt.focus()
+
+    def action_copy_reply(self) -> None:
+        if not self.last_reply:
+            self.notify("there is no reply to copy yet", severity="warning")
+            return
+        self.copy_to_clipboard(self.last_reply)
+        self.notify(f"copied the last reply ({len(self.last_reply)} characters)", timeout=3)
+
+    def action_show_compaction(self) -> None:
+        rt = self.runtime
+        if rt is None or self.conversation_id is None:
+            self.notify("nothing has been compacted in this conversation")
+            return
+        self.push_screen(CompactionView(rt.conversation(self.conversation_id).messages()))
+
+    def action_pick_model(self) -> None:
+        rt = self.runtime
+        if rt is None or self._busy("change the model"):
+            return
+
+        def chosen(spec: str | None) -> None:
+            if not spec or rt is not self.runtime:
+                return
+            if self.conversation_id is not None:
+                rt.store.update(self.conversation_id, model=spec)
+            self.load_model(spec=spec)
+
+        self.push_screen(ModelPicker(rt.paths, rt.model_spec), chosen)
+
+    def action_settings(self) -> None:
+        rt = self.runtime
+        if rt is None or self._busy("change settings"):
+            return
+        record = rt.store.conversation(self.conversation_id) if self.conversation_id else None
+        stored = record.settings if record else self._pending_settings
+        d = rt.defaults
+        values = SettingsValues(
+            system_prompt=str(stored.get("system_prompt", rt.system_prompt) or ""),
+            temperature=float(stored.get("temperature", d.temperature)),
+            max_tokens=int(stored.get("max_tokens", d.max_tokens)),
+            ctx=rt.ctx,
+            kv_type=rt.type_k or "auto",
+            gpu_layers=str(rt.gpu_layers if rt.gpu_layers is not None else "auto"),
+            budget_mb=rt.budget_mb,
+            compaction=str(stored.get("compaction", rt.compaction)),
+        )
+        self.push_screen(
+            SettingsScreen(values, conversation_title=record.title if record else ""),
+            lambda result: self._apply_settings(values, result),
+        )
+
+    def _apply_settings(self, before: SettingsValues, result: SettingsResult | None) -> None:
+        """Store the values on the conversation (and in config.toml); reload if the engine changed."""
+        rt = self.runtime
+        if result is None or rt is None:
+            return
+        v = result.values
+        chat = {
+            "system_prompt": v.system_prompt, "compaction": v.compaction,
+            "temperature": v.temperature, "max_tokens": v.max_tokens,
+        }  # fmt: skip
+        engine_changed = v.engine() != before.engine()
+        if engine_changed:
+            chat.update(ctx=v.ctx, kv_type=v.kv_type, gpu_layers=v.gpu_layers, budget_mb=v.budget_mb)
+        try:
+            if self.conversation_id is None:
+                self._pending_settings.update(chat)
+            else:
+                record = rt.store.conversation(self.conversation_id)
+                rt.store.update(record.id, settings={**record.settings, **chat})
+            if result.as_default:
+                from ..config import load_defaults, save_default
+
+                for key, value in {**chat, "ctx": v.ctx, "kv_type": v.kv_type, "gpu_layers": v.gpu_layers,
+                                   "budget_mb": v.budget_mb}.items():  # fmt: skip
+                    if value is not None:  # config.toml has no null: leaving a key out means automatic
+                        save_default(rt.paths, key, value)
+                rt.defaults = load_defaults(rt.paths)
+                rt.system_prompt = v.system_prompt
+                rt.compaction = v.compaction
+        except EdgechatError as exc:
+            self.show_error(exc)
+            return
+        self.notify("saved as default and for this conversation" if result.as_default else "saved", timeout=3)
+        if engine_changed:
+            self.load_model(overrides=_runtime_overrides(v.ctx, v.kv_type, v.gpu_layers, v.budget_mb))
+
+    async def action_quit(self) -> None:
+        """Ctrl+Q: stop a streaming reply first, so the pipeline stores it and saves the KV state."""
+        if self.turn is not None:
+            self._quitting = True
+            self.turn.stop.set()
+            self.status.update(activity="stopping the reply, then quitting…")
+            self.set_timer(20, self.exit)  # a stop lands within one token; never hang on a stuck worker
+            return
+        self.exit()
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        commands = [
+            ("New conversation", "Start a blank chat (ctrl+n)", self.action_new_conversation),
+            ("Rename conversation", "Give the open conversation a title (ctrl+r)", self.action_rename),
+            ("Delete conversation", "Remove it with its saved KV state", self.action_delete),
+            ("Search conversations", "Filter the sidebar by title (ctrl+f)", self.action_focus_search),
+            ("Choose model", "Registry models, downloads, or a local GGUF file (ctrl+o)", self.action_pick_model),
+            ("Settings", "System prompt, sampling, context, KV type, budget (ctrl+s)", self.action_settings),
+            (
+                "Show compacted history",
+                "Summaries and the messages they replaced (ctrl+g)",
+                self.action_show_compaction,
+            ),
+            ("Copy last reply", "To the clipboard (ctrl+l)", self.action_copy_reply),
+            ("Stop reply", "End the streaming reply, keep what came (esc)", self.action_stop_reply),
+            ("Toggle sidebar", "Show or hide the conversation list (ctrl+b)", self.action_toggle_sidebar),
+        ]
+        for title, help_text, callback in commands:
+            yield SystemCommand(title, help_text, callback)
+
+
+def _kv_label(rt: Runtime) -> str:
+    """The KV cache type in use, or as asked for before the model is loaded (None: the planner picks)."""
+    if rt.engine is not None:
+        k, v = rt.engine.settings.type_k, rt.engine.settings.type_v
+    else:
+        k, v = rt.type_k or "auto", rt.type_v or rt.type_k or "auto"
+    return k if k == v else f"{k}/{v}"
+
+
+def _runtime_overrides(ctx: int | None, kv_type: str, gpu_layers: str, budget_mb: int | None) -> dict[str, Any]:
+    """Settings-screen values as Runtime attributes."""
+    kv = None if kv_type == "auto" else kv_type
+    return {
+        "ctx": ctx,
+        "type_k": kv,
+        "type_v": kv,
+        "gpu_layers": gpu_layers if gpu_layers == "auto" else int(gpu_layers),
+        "budget_mb": budget_mb,
+    }
+
+
+def _engine_overrides(rt: Runtime, settings: dict[str, Any]) -> dict[str, Any]:
+    """The engine settings a conversation stored that differ from the runtime's (empty: no reload)."""
+    if not any(k in settings for k in ("ctx", "kv_type", "gpu_layers", "budget_mb")):
+        return {}
+    wanted = _runtime_overrides(
+        settings.get("ctx"), str(settings.get("kv_type", rt.type_k or "auto")),
+        str(settings.get("gpu_layers", rt.gpu_layers)), settings.get("budget_mb"),
+    )  # fmt: skip
+    current = {k: getattr(rt, k) for k in wanted}
+    if str(current["gpu_layers"]) == str(wanted["gpu_layers"]):
+        wanted["gpu_layers"] = current["gpu_layers"]
+    return wanted if wanted != current else {}
+
+
+def _compaction_text(result: Any) -> str:
+    n = len(getattr(result, "compacted_ids", ()) or ())
+    tokens = f"{result.tokens_before} → {result.tokens_after} tokens"
+    if result.policy == "summarize":
+        what = f"{n} earlier messages summarized"
+    else:
+        what = f"{n} earlier messages dropped from the context" + (
+            " (KV shift, no re-prefill)" if result.shifted else ""
+        )
+    return f"⋯ context full: {what} ({tokens}) · ctrl+g shows them"
+
+
+def run_app(make_runtime: MakeRuntime, conversation: str | None = None, cont: bool = False) -> None:
+    """Entry point for `edgechat chat`: run the UI, then close the runtime once no worker uses it."""
+    app = EdgechatApp(make_runtime, conversation=conversation, cont=cont)
+    try:
+        app.run()
+    finally:
+        rt = app.runtime
+        if rt is not None:
+            # A load or turn may still be finishing in its thread: let it release the engine first.
+            got = app.engine_lock.acquire(timeout=30)
+            try:
+                rt.close()
+            finally:
+                if got:
+                    app.engine_lock.release()

@@ -1,0 +1,218 @@
+"""Pick the model: a registry entry (downloaded, or pulled now with progress) or a local GGUF file."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.suggester import Suggester
+from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar
+
+from ...errors import EdgechatError
+from ..figures import model_label
+
+if TYPE_CHECKING:
+    from ...config import Paths
+
+
+class PathSuggester(Suggester):
+    """Completes file paths from the disk, the way a shell would, preferring .gguf files."""
+
+    def __init__(self) -> None:
+        super().__init__(use_cache=False, case_sensitive=True)
+
+    async def get_suggestion(self, value: str) -> str | None:
+        if not value:
+            return None
+        path = Path(value).expanduser()
+        folder, stem = (path, "") if value.endswith("/") else (path.parent, path.name)
+        try:
+            names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name.startswith(stem))
+        except OSError:
+            return None
+        names.sort(key=lambda n: (not n.endswith(".gguf"), n.startswith("."), n))
+        if not names:
+            return None
+        return value + names[0][len(stem) :]
+
+
+def registry_rows(paths: Paths) -> list[dict[str, Any]]:
+    """The registry's entries, or an empty list while the registry module is not installed."""
+    try:
+        from ...registry import Registry, list_models
+    except ImportError:
+        return []
+    return list_models(Registry.load(paths), paths)
+
+
+NOTE_WIDTH = 34
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _field(row: dict[str, Any], *names: str) -> str:
+    for name in names:
+        if row.get(name) not in (None, ""):
+            return str(row[name])
+    return ""
+
+
+class ModelPicker(ModalScreen[str | None]):
+    """Dismisses with a model spec (registry name or file path) that Runtime.load understands."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+d", "download", "Download")]
+
+    def __init__(self, paths: Paths, current: str = "") -> None:
+        super().__init__(classes="sheet")
+        self.paths = paths
+        self.current = current
+        self.rows: list[dict[str, Any]] = []
+        self.downloading: str | None = None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="sheet-box", id="picker") as box:
+            box.border_title = "Model"
+            box.border_subtitle = f"now: {model_label(self.current)}" if self.current else ""
+            table: DataTable[str] = DataTable(id="models", cursor_type="row", zebra_stripes=True)
+            for label, width in (("", 1), ("model", 14), ("quant", 6), ("ctx", 4), ("note", NOTE_WIDTH)):
+                table.add_column(label, width=width)
+            yield table
+            yield Label("✓ on this machine   ↓ downloaded when chosen", classes="hint legend")
+            yield Label("…or a GGUF file on this machine:", classes="field-label")
+            yield Input(placeholder="/path/to/model.gguf", id="path", suggester=PathSuggester(), compact=True)
+            yield ProgressBar(id="progress", show_eta=False)
+            with Horizontal(classes="buttons"):
+                yield Button("Use", variant="primary", id="use", compact=True)
+                yield Button("Download", id="download", compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#progress").display = False
+        try:
+            self.rows = registry_rows(self.paths)
+        except EdgechatError as exc:
+            self.notify(exc.hint, title=exc.message, severity="error")
+        self._fill()
+
+    def _fill(self) -> None:
+        table = self.query_one("#models", DataTable)
+        table.clear()
+        for row in self.rows:
+            ctx = row.get("context_length")
+            table.add_row(
+                "✓" if row.get("downloaded") else "↓",
+                _field(row, "name"),
+                _field(row, "quant", "default_quant"),
+                f"{int(ctx) // 1024}k" if isinstance(ctx, int) and ctx >= 1024 else str(ctx or ""),
+                _clip(_field(row, "note"), NOTE_WIDTH),
+                key=_field(row, "name"),
+            )
+        if not self.rows:
+            self.query_one("#path", Input).focus()
+            return
+        names = [_field(r, "name") for r in self.rows]
+        if self.current in names:
+            table.move_cursor(row=names.index(self.current))
+
+    def _selected(self) -> dict[str, Any] | None:
+        table = self.query_one("#models", DataTable)
+        if not self.rows or table.cursor_row < 0 or table.cursor_row >= len(self.rows):
+            return None
+        return self.rows[table.cursor_row]
+
+    @on(DataTable.RowSelected)
+    def _row_chosen(self) -> None:
+        self.action_use()
+
+    @on(Input.Submitted, "#path")
+    def _path_chosen(self) -> None:
+        self.action_use()
+
+    @on(Button.Pressed, "#use")
+    def action_use(self) -> None:
+        text = self.query_one("#path", Input).value.strip()
+        if text:
+            path = Path(text).expanduser()
+            if not path.is_file():
+                self.notify("pick an existing .gguf file", title=f"no file at {path}", severity="error")
+                return
+            self.dismiss(str(path.resolve()))
+            return
+        row = self._selected()
+        if row is None:
+            self.notify("type a file path, or add models to models.toml", title="no model chosen", severity="warning")
+        elif row.get("downloaded"):
+            self.dismiss(_field(row, "name"))
+        else:
+            self._start_download(row)
+
+    @on(Button.Pressed, "#download")
+    def action_download(self) -> None:
+        row = self._selected()
+        if row is not None:
+            self._start_download(row)
+
+    def _start_download(self, row: dict[str, Any]) -> None:
+        if self.downloading:
+            self.notify(f"{self.downloading} is still downloading", severity="warning")
+            return
+        name = _field(row, "name")
+        self.downloading = name
+        bar = self.query_one("#progress", ProgressBar)
+        bar.display = True
+        bar.update(total=None, progress=0)
+        self.query_one("#picker").border_subtitle = f"downloading {name}…"
+        self._download(name)
+
+    @work(thread=True, exit_on_error=False, group="download")
+    def _download(self, name: str) -> None:
+        """Pull in a thread; progress reaches the bar through call_from_thread."""
+        from ...registry import pull
+
+        def progress(done: int, total: int | None = None) -> None:
+            if self.is_attached:
+                self.app.call_from_thread(self.query_one("#progress", ProgressBar).update, total=total, progress=done)
+
+        kwargs: dict[str, Any] = {}
+        params = inspect.signature(pull).parameters
+        for hook in ("progress", "on_progress", "progress_callback"):
+            if hook in params:
+                kwargs[hook] = progress
+                break
+        try:
+            pull(name, self.paths, **kwargs)
+        except EdgechatError as exc:
+            self.app.call_from_thread(self._download_failed, exc.message, exc.hint)
+            return
+        except Exception as exc:  # noqa: BLE001 - network and disk errors arrive in many types
+            self.app.call_from_thread(self._download_failed, f"download of {name} failed: {exc}", "try again")
+            return
+        self.app.call_from_thread(self._downloaded, name)
+
+    def _download_failed(self, message: str, hint: str) -> None:
+        self.downloading = None
+        if self.is_attached:
+            self.query_one("#progress").display = False
+            self.query_one("#picker").border_subtitle = ""
+        self.app.notify(hint, title=message, severity="error", timeout=10)
+
+    def _downloaded(self, name: str) -> None:
+        self.downloading = None
+        self.app.notify(f"{name} is ready", title="download finished")
+        if self.is_attached:
+            self.dismiss(name)
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        if self.downloading:
+            self.app.notify(f"{self.downloading} keeps downloading in the background")
+        self.dismiss(None)
