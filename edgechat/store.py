@@ -56,6 +56,11 @@ class ConversationRecord:
     token_count: int = 0
 
 
+def _like_escape(text: str) -> str:
+    """Match `text` literally inside a LIKE pattern: % and _ in a title or id are not wildcards."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _script(db: sqlite3.Connection, sql: str) -> None:
     # executescript() would COMMIT the migration's transaction half-way: run statement by statement.
     for statement in sql.split(";"):
@@ -170,10 +175,14 @@ class Store:
 
     def conversation(self, id_or_prefix: str) -> ConversationRecord:
         """Look one up by id or a unique id prefix (as git does for commits)."""
-        rows = self.db.execute(
-            self._SUMMARY_SQL + " WHERE c.id LIKE ? GROUP BY c.id",
-            (id_or_prefix.replace("%", "") + "%",),
-        ).fetchall()
+        rows = (
+            self.db.execute(
+                self._SUMMARY_SQL + " WHERE c.id LIKE ? ESCAPE '\\' GROUP BY c.id",
+                (_like_escape(id_or_prefix.strip()) + "%",),
+            ).fetchall()
+            if id_or_prefix.strip()
+            else []
+        )
         exact = [r for r in rows if r["id"] == id_or_prefix]
         if exact:
             rows = exact
@@ -185,8 +194,8 @@ class Store:
 
     def conversations(self, search: str = "") -> list[ConversationRecord]:
         rows = self.db.execute(
-            self._SUMMARY_SQL + " WHERE c.title LIKE ? GROUP BY c.id ORDER BY c.updated_at DESC",
-            (f"%{search}%",),
+            self._SUMMARY_SQL + " WHERE c.title LIKE ? ESCAPE '\\' GROUP BY c.id ORDER BY c.updated_at DESC",
+            (f"%{_like_escape(search)}%",),
         ).fetchall()
         return [_record(r) for r in rows]
 

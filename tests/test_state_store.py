@@ -125,6 +125,21 @@ def test_ids_resolve_by_unique_prefix(tmp_path):
     assert store.conversation(c.id[:3]).id == c.id
     with pytest.raises(EdgechatError, match="conversations list"):
         store.conversation("zzzz-none")
+    with pytest.raises(EdgechatError):
+        store.conversation("")  # an empty id is no prefix of everything
+    with pytest.raises(EdgechatError):
+        store.conversation("_" * len(c.id))  # LIKE wildcards are taken literally
+
+
+def test_title_search_takes_percent_and_underscore_literally(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    store.create_conversation("m", {}, "50% off")
+    store.create_conversation("m", {}, "5000 off")
+    store.create_conversation("m", {}, "a_b")
+    store.create_conversation("m", {}, "axb")
+    assert [c.title for c in store.conversations("0%")] == ["50% off"]
+    assert [c.title for c in store.conversations("a_b")] == ["a_b"]
+    assert len(store.conversations("")) == 4
 
 
 def test_compaction_marks_but_never_deletes(tmp_path):
