@@ -448,6 +448,7 @@ class Plan(Estimate):
     budget_gpu: int | None = None
     max_ctx_that_fits: int = 0
     reasons: tuple[str, ...] = ()
+    compromises: tuple[str, ...] = ()  # the reasons the budget forced: said at load, not only by `plan`
 
     def engine_settings(self, model_path: str | Path, threads: int | None = None, seed: int = 0) -> EngineSettings:
         """The EngineSettings that make llama.cpp allocate what this plan predicts."""
@@ -501,6 +502,7 @@ def plan(
     s = _shape(info)
     b = budget_for(snapshot, budget_bytes)
     reasons: list[str] = []
+    forced: list[str] = []
 
     # Context target.
     trained = s.trained_ctx
@@ -591,11 +593,12 @@ def plan(
                 "free some memory, raise --budget-mb, or use a smaller model",
             )
         ctx = best
-        reasons.append(
+        forced.append(
             f"context {ctx:,} tokens, not {target:,} ({why_target}): that would need "
             f"{_mib(est(target, ladder[0]).total)} with a {ladder[0][0][0]} cache, "
             f"over the budget of {_describe_budget(b)}"
         )
+        reasons.append(forced[-1])
     else:
         reasons.append(f"context {target:,} tokens: {why_target}")
     (tk, tv), g, ub = chosen
@@ -608,16 +611,18 @@ def plan(
         reasons.append("KV cache f16: it fits, and it is the fastest to prefill")
     else:
         f16 = est(ctx, (kv_choices[0], g, ub))
-        reasons.append(
+        forced.append(
             f"KV cache {tk}: f16 would take {_mib(f16.kv)} of cache ({_mib(f16.total)} in all), over the budget; "
             f"{tk} takes {_mib(e.kv)}. On the CPU a quantized cache prefills about half as fast"
         )
+        reasons.append(forced[-1])
     if ub != n_ubatch:
         full = est(ctx, ((tk, tv), g, n_ubatch))
-        reasons.append(
+        forced.append(
             f"n_ubatch {ub}, not {n_ubatch}: the compute buffer drops from {_mib(full.compute)} to "
             f"{_mib(e.compute)}; prefill runs in smaller, somewhat slower steps"
         )
+        reasons.append(forced[-1])
     if any(s.swa) and swa_full and (chosen != ladder[0] or ctx < target):
         no_full = _estimate(
             s, n_ctx=ctx, type_k=tk, type_v=tv, flash_attn=e.flash_attn, gpu_layers=g,
@@ -635,10 +640,11 @@ def plan(
         elif isinstance(gpu_layers, int):
             reasons.append(f"{g} of {all_layers} layers on the GPU: as requested")
         else:
-            reasons.append(
+            forced.append(
                 f"{g} of {all_layers} layers on the GPU (llama.cpp offloads the output layer first, then the last "
                 f"repeating layers): more would not fit {_mib(b.gpu or 0)} of VRAM"
             )
+            reasons.append(forced[-1])
     elif snapshot.unified:
         reasons.append("unified memory: every layer runs on the GPU, all from one pool of RAM")
     if e.compute > e.kv and e.compute_cpu + e.compute_gpu >= 4 * s.n_vocab * e.n_ubatch:
@@ -666,6 +672,7 @@ def plan(
         budget_gpu=b.gpu,
         max_ctx_that_fits=fits_up_to,
         reasons=tuple(reasons),
+        compromises=tuple(forced),
     )
 
 
@@ -716,6 +723,7 @@ def format_plan(p: Plan) -> RenderableType:
     ]
     if p.kv_cells_swa:
         rows.append(("sliding window", f"{p.kv_cells_swa:,} cells" + (" (swa_full)" if p.swa_full else "")))
+    rows.append(("llama.cpp", llama_params(p)))
     for k, v in rows:
         settings.add_row(k, v)
 
@@ -749,6 +757,14 @@ def format_plan(p: Plan) -> RenderableType:
     return Group(settings, Text(), table, why)
 
 
+def llama_params(e: Estimate) -> str:
+    """The parameters llama.cpp is given, under its own names, so a plan can be reproduced by hand."""
+    return (
+        f"n_ctx={e.n_ctx} type_k={e.type_k} type_v={e.type_v} flash_attn={str(e.flash_attn).lower()} "
+        f"swa_full={str(e.swa_full).lower()} n_batch={e.n_batch} n_ubatch={e.n_ubatch} n_gpu_layers={e.gpu_layers}"
+    )
+
+
 def plan_for_path(path: str | Path, **kwargs: Any) -> Plan:
     """`plan()` for a model file: reads its header, loads no weights."""
     return plan(read_gguf(path), **kwargs)
@@ -764,6 +780,7 @@ __all__ = [
     "fits_tokens",
     "format_plan",
     "kv_row_bytes",
+    "llama_params",
     "pad_ctx",
     "plan",
     "plan_for_path",
