@@ -10,6 +10,7 @@ import codecs
 import contextlib
 import ctypes
 import os
+import re
 import sys
 import threading
 import time
@@ -77,6 +78,25 @@ def install_log_capture() -> None:
 def llama_log() -> str:
     """Everything llama.cpp logged in this process (recent lines), e.g. its allocation sizes."""
     return "".join(_LOG)
+
+
+_BUFFER_LINE = re.compile(r"(\S+) (model|KV|compute|output) buffer size =\s*([\d.]+) MiB")
+
+
+def logged_buffers(log: str | None = None) -> dict[str, float]:
+    """MiB llama.cpp logged allocating at the most recent model load (the planner is checked against it).
+
+    Keys: each kind ("model", "KV", "compute", "output"), each "kind:device" (e.g.
+    "model:CPU_Mapped", "KV:CUDA0"), and "total", the sum of the kinds.
+    """
+    text = llama_log() if log is None else log
+    text = text[text.rfind("llama_model_loader: loaded meta data") :]  # the log spans every load
+    out: dict[str, float] = {"model": 0.0, "KV": 0.0, "compute": 0.0, "output": 0.0}
+    for device, kind, mib in _BUFFER_LINE.findall(text):
+        out[kind] += float(mib)
+        out[f"{kind}:{device}"] = out.get(f"{kind}:{device}", 0.0) + float(mib)
+    out["total"] = out["model"] + out["KV"] + out["compute"] + out["output"]
+    return out
 
 
 def llama_build() -> str:
@@ -309,6 +329,9 @@ class Engine:
         """Write seq 0 with llama.cpp's own writer (no logits copied through Python)."""
         with self.lock:
             tokens = self.cached_tokens
+            # A Ctrl-C inside Llama.eval can land after llama_decode and before n_tokens moves:
+            # drop any cells past n_tokens so the file holds exactly the tokens its header lists.
+            self._lc.llama_memory_seq_rm(self._memory, 0, len(tokens), -1)
             arr = (self._lc.llama_token * max(1, len(tokens)))(*tokens)
             written = self._lc.llama_state_seq_save_file(self.llm._ctx.ctx, os.fsencode(path), 0, arr, len(tokens))
         # llama_file buffers through stdio: a full disk can surface only as a short file.

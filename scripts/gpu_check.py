@@ -18,18 +18,15 @@ import argparse
 import gc
 import gzip
 import json
-import re
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MiB = 1024 * 1024
-_BUFFER = re.compile(r"(\S+) (model|KV|compute|output) buffer size =\s*([\d.]+) MiB")
-_KV_SIZE = re.compile(r"llama_kv_cache: size =\s*([\d.]+) MiB")
 
 
 def spec(model: Path, out: Path) -> None:
@@ -81,19 +78,6 @@ def clone(spec_path: Path, out: Path) -> None:
     writer.close()
 
 
-def _last_load(log: str) -> str:
-    return log[log.rfind("llama_model_loader: loaded meta data") :]
-
-
-def _buffers(log: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for name, kind, mib in _BUFFER.findall(log):
-        key = f"{kind}:{name}"
-        out[key] = round(out.get(key, 0.0) + float(mib), 2)
-    out["kv_total"] = round(sum(float(x) for x in _KV_SIZE.findall(log)), 2)
-    return out
-
-
 def _vram_used(snapshot: Any) -> int | None:
     return snapshot.gpus[0].used if snapshot.gpus else None
 
@@ -101,7 +85,7 @@ def _vram_used(snapshot: Any) -> int | None:
 def check(models_dir: Path, out_dir: Path) -> None:
     from edgechat import memory, planner
     from edgechat.config import EngineSettings
-    from edgechat.engine import Engine, llama_log, supports_gpu_offload
+    from edgechat.engine import Engine, logged_buffers, supports_gpu_offload
     from edgechat.gguf_info import read_gguf
 
     result: dict[str, Any] = {
@@ -124,17 +108,28 @@ def check(models_dir: Path, out_dir: Path) -> None:
         ]
         if info.sliding_window:
             configs.append({"gpu_layers": n + 1, "type_k": "f16", "type_v": "f16", "n_ctx": 8192, "swa_full": False})
-        auto = planner.plan(info, snapshot=memory.probe())
+        live = memory.probe()
+        auto = planner.plan(info, snapshot=live)
         configs.append({"auto": True, **asdict(auto.engine_settings(model))})
+        # --gpu-layers auto when the card is nearly full: pretend only the margin plus half
+        # of what a full offload needs is free, so the planner must split the layers.
+        tight: planner.Plan | None = None
+        if live.gpus:
+            g0 = live.gpus[0]
+            margin = max(planner.VRAM_MARGIN, int(planner.VRAM_MARGIN_SHARE * g0.total))
+            need = planner.estimate_settings(auto.engine_settings(model), info).total_gpu
+            fake = replace(g0, free=margin + need // 2)
+            tight = planner.plan(info, snapshot=replace(live, gpus=(fake,)), n_ctx=auto.n_ctx)
+            configs.append({"auto": True, "tight": need // 2, **asdict(tight.engine_settings(model))})
         for cfg in configs:
-            settings_kw = {k: v for k, v in cfg.items() if k not in ("auto", "model_path")}
+            settings_kw = {k: v for k, v in cfg.items() if k not in ("auto", "tight", "model_path")}
             settings = EngineSettings(model_path=str(model), **settings_kw)
             gc.collect()
             before = memory.probe()
             t0 = time.perf_counter()
             engine = Engine(settings)
             load_s = time.perf_counter() - t0
-            logged = _buffers(_last_load(llama_log()))
+            logged = {k: round(v, 2) for k, v in logged_buffers().items()}
             loaded = memory.probe()
             t0 = time.perf_counter()
             engine.eval(list(range(10, 10 + min(512, settings.n_ctx - 1))))
@@ -163,7 +158,12 @@ def check(models_dir: Path, out_dir: Path) -> None:
                 },
                 "rss_mib": {"before": before.process_rss // MiB, "after_eval": after.process_rss // MiB},
             }
-            if cfg.get("auto"):
+            if cfg.get("tight") and tight is not None:
+                # What the planner was told it may use on the GPU, against what the load took.
+                run["tight_gpu_budget_mib"] = cfg["tight"] // MiB
+                run["vram_delta_mib"] = (va - vb) // MiB if va is not None and vb is not None else None
+                run["plan_reasons"] = list(tight.reasons)
+            elif cfg.get("auto"):
                 run["plan_reasons"] = list(auto.reasons)
             result["runs"].append(run)
             _print_run(run)
@@ -178,7 +178,7 @@ def _print_run(run: dict[str, Any]) -> None:
         f"{run['model'][:14]:14} g={c.get('gpu_layers')} {c.get('type_k')} ctx={c.get('n_ctx')} "
         f"swa_full={c.get('swa_full', True)} auto={run['auto']} | logged GPU {gpu_logged} | "
         f"pred w_gpu {pr['weights_gpu']} kv_gpu {pr['kv_gpu']} c_gpu {pr['compute_gpu']} c_cpu {pr['compute_cpu']} | "
-        f"kv {pr['kv']}/{lg['kv_total']} | VRAM used {v} | load {run['load_s']}s eval {run['eval512_s']}s",
+        f"kv {pr['kv']}/{lg['KV']} | VRAM used {v} | load {run['load_s']}s eval {run['eval512_s']}s",
         flush=True,
     )
 

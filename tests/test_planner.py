@@ -8,7 +8,6 @@ H100 (scripts/gpu_check.py).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,29 +21,19 @@ from edgechat.memory import GpuMemory, MemorySnapshot
 from edgechat.planner import MiB, Plan, estimate, estimate_settings, format_plan, pad_ctx, plan
 
 KV_TYPES = ("f16", "q8_0", "q4_0")
-_BUFFER = re.compile(r"(\S+) (model|compute|output) buffer size =\s*([\d.]+) MiB")
-_KV = re.compile(r"llama_kv_cache: size =\s*([\d.]+) MiB")
 # A machine with plenty of RAM and no GPU, so that budget tests do not depend on this one.
 ROOMY = MemorySnapshot(ram_total=64 << 30, ram_available=48 << 30, process_rss=100 << 20)
 
 
 def _logged(settings: EngineSettings) -> dict[str, float]:
-    """Load the model and sum what llama.cpp logged for this load, in MiB."""
-    from edgechat.engine import Engine, llama_log
+    """Load the model and return what llama.cpp logged for this load, in MiB."""
+    from edgechat.engine import Engine, logged_buffers
 
     engine = Engine(settings)
     try:
-        log = llama_log()
+        return logged_buffers()
     finally:
         engine.close()
-    # The log buffer is shared by every load in the process: keep the last load only.
-    log = log[log.rfind("llama_model_loader: loaded meta data") :]
-    out = {"model": 0.0, "compute": 0.0, "output": 0.0}
-    for _, kind, mib in _BUFFER.findall(log):
-        out[kind] += float(mib)
-    out["kv"] = sum(float(x) for x in _KV.findall(log))
-    out["total"] = out["model"] + out["kv"] + out["compute"] + out["output"]
-    return out
 
 
 # (model fixture, n_ctx, kv type, swa_full): each loaded once per session.
@@ -69,7 +58,7 @@ def measured(smollm2: Path, gemma: Path) -> dict[tuple[str, int, str, bool], tup
 def test_kv_prediction_matches_llama_cpp_within_2_percent(measured, case) -> None:
     info, settings, logged = measured[case]
     predicted = estimate_settings(settings, info).kv / MiB
-    assert predicted == pytest.approx(logged["kv"], rel=0.02)
+    assert predicted == pytest.approx(logged["KV"], rel=0.02)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}{'' if c[3] else '-swa'}")
@@ -220,3 +209,35 @@ def test_format_plan_renders_a_table(gemma: Path) -> None:
     console.print(format_plan(plan(read_gguf(gemma), snapshot=ROOMY, budget_bytes=1000 * MiB)))
     text = console.export_text()
     assert "KV cache" in text and "compute buffer" in text and "budget" in text
+
+
+def test_plan_command_prints_the_breakdown_and_the_llama_cpp_settings(home: Path, gemma: Path) -> None:
+    from .conftest import run_cli
+
+    args = ("plan", "-m", str(gemma), "--ctx", "4096", "--kv-type", "q8_0", "--budget-mb", "2000")
+    shown = run_cli(*args, home=home)
+    assert shown.returncode == 0, shown.stderr
+    for word in ("KV cache", "compute buffer", "weights", "total", "budget"):
+        assert word in shown.stdout
+    assert (
+        "n_ctx=4096 type_k=q8_0 type_v=q8_0 flash_attn=true swa_full=true n_batch=512 n_ubatch=512 n_gpu_layers=0"
+        in " ".join(shown.stdout.split())  # rich wraps the line to the terminal's width
+    )
+    data = json.loads(run_cli(*args, "--json", home=home).stdout)
+    expected = estimate_settings(EngineSettings(str(gemma), n_ctx=4096, type_k="q8_0", type_v="q8_0"), read_gguf(gemma))
+    assert data["kv"] == expected.kv and data["n_ctx"] == 4096 and data["budget"] == 2000 * MiB
+    bad = run_cli("plan", "-m", str(gemma), "--budget-mb", "100", home=home)
+    assert bad.returncode != 0 and "needs at least" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_loading_under_a_tight_budget_says_what_it_gave_up(home: Path, smollm2: Path) -> None:
+    from edgechat import Runtime
+
+    notices: list[str] = []
+    with Runtime(model=str(smollm2), home=home, threads=2, budget_mb=400, on_notice=notices.append) as rt:
+        engine = rt.load()
+        assert engine.settings.type_k == "q8_0"  # f16 at the trained 8,192 tokens is over 400 MiB
+    assert len(notices) == 1 and "KV cache q8_0" in notices[0] and "over the budget" in notices[0]
+    with Runtime(model=str(smollm2), home=home, threads=2, ctx=1024, on_notice=notices.append) as rt:
+        rt.load()
+    assert len(notices) == 1  # nothing given up: nothing said
