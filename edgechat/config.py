@@ -103,7 +103,7 @@ class SamplingSettings:
 class Defaults:
     """User-level defaults from config.toml; every CLI option can override them."""
 
-    model: str = "smollm2-135m"
+    model: str = ""  # empty: the registry's default (smollm2-135m as shipped)
     system_prompt: str = ""
     kv_type: str | None = None  # None: the planner picks (f16 when it fits, else quantized)
     ctx: int | None = None

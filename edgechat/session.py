@@ -112,7 +112,7 @@ class Runtime:
         self.paths = resolve_paths(home)
         self.defaults = load_defaults(self.paths)
         d = self.defaults
-        self.model_spec = model or d.model
+        self.model_spec = model or d.model or _registry_default(self.paths)
         self.explicit_model = model is not None  # an explicit -m beats a conversation's own model
         kv = kv_type or d.kv_type
         self.type_k = type_k or kv
@@ -124,6 +124,7 @@ class Runtime:
         self.gpu_layers = gpu_layers if gpu_layers is not None else d.gpu_layers
         self.threads = threads or d.threads
         self.budget_mb = budget_mb or d.budget_mb
+        self.explicit_compaction = compaction  # beats the policy a conversation stored
         self.compaction = compaction or d.compaction
         if self.compaction not in COMPACTION_POLICIES:
             raise ConfigError(f"unknown compaction policy {self.compaction!r}", f"use one of {COMPACTION_POLICIES}")
@@ -160,8 +161,13 @@ class Runtime:
             self.engine = None
         self.store.close()
 
-    def load(self, model: str | None = None) -> Engine:
-        """Resolve, plan and load the model (once; again only when a different one is asked for)."""
+    def load(self, model: str | None = None, *, state_types: tuple[str, str] | None = None) -> Engine:
+        """Resolve, plan and load the model (once; again only when a different one is asked for).
+
+        `state_types` are the K/V types of a conversation's saved state: when no KV type was
+        asked for, the planner is offered them first, because a state only restores into a
+        cache of the types it was saved from.
+        """
         from .registry import resolve_model
 
         spec = model or self.model_spec
@@ -169,7 +175,14 @@ class Runtime:
             return self.engine
         resolved = resolve_model(spec, self.paths, download=self.download)
         info = read_gguf(resolved.path)
-        settings = self._settings_for(resolved.path, info)
+        settings = None
+        if state_types is not None and self.type_k is None and self.type_v is None:
+            try:
+                settings = self._settings_for(resolved.path, info, state_types)
+            except BudgetError:
+                settings = None  # the saved types no longer fit: let the planner choose
+        if settings is None:
+            settings = self._settings_for(resolved.path, info)
         if self.engine is not None:
             self.engine.close()
             self.engine = None
@@ -181,32 +194,30 @@ class Runtime:
         self._fingerprint = model_fingerprint(resolved.path, self.paths.fingerprint_cache)
         return self.engine
 
-    def _settings_for(self, path: Path, info: GGUFInfo) -> EngineSettings:
-        """Size the context and offload to the budget (planner), honouring explicit options."""
-        try:
-            from . import planner
-        except ImportError:  # pragma: no cover - planner ships with the package
-            planner = None  # type: ignore[assignment]
+    def _settings_for(self, path: Path, info: GGUFInfo, kv_types: tuple[str, str] | None = None) -> EngineSettings:
+        """Size the context, KV cache and offload to the budget (planner), honouring explicit options."""
+        from . import planner
+
         gpu = self.gpu_layers
         gpu_layers: Literal["auto"] | int = "auto" if gpu in (None, "auto") else int(gpu)
-        if planner is not None and hasattr(planner, "plan"):
-            self.plan = planner.plan(
-                info,
-                n_ctx=self.ctx,
-                type_k=self.type_k,
-                type_v=self.type_v,
-                gpu_layers=gpu_layers,
-                budget_bytes=self.budget_mb * (1 << 20) if self.budget_mb else None,
-                swa_full=self.swa_full,
-            )
-            settings: EngineSettings = self.plan.engine_settings(str(path), threads=self.threads, seed=0)
-            return replace(settings, flash_attn=self.flash_attn if self.flash_attn is not None else settings.flash_attn)
-        n_ctx = self.ctx or min(4096, info.context_length or 4096)
-        return EngineSettings(
-            model_path=str(path), n_ctx=n_ctx, type_k=self.type_k or "f16", type_v=self.type_v or self.type_k or "f16",
-            flash_attn=self.flash_attn, gpu_layers=0 if gpu_layers == "auto" else int(gpu_layers),
-            threads=self.threads, swa_full=self.swa_full,
-        )  # fmt: skip
+        type_k, type_v = kv_types or (self.type_k, self.type_v)
+        self.plan = planner.plan(
+            info,
+            n_ctx=self.ctx,
+            type_k=type_k,
+            type_v=type_v,
+            flash_attn=self.flash_attn,
+            gpu_layers=gpu_layers,
+            budget_bytes=self.budget_mb * (1 << 20) if self.budget_mb else None,
+            swa_full=self.swa_full,
+        )
+        p = self.plan
+        # The in-RAM cache of other conversations' states lives inside the budget too.
+        room = (p.budget - p.total) if p.budget is not None else (p.budget_ram - p.total_cpu)
+        self._ram_limit = max(0, min(RAM_CACHE_BYTES, room))
+        if p.compromises:
+            self.on_notice(f"{p.model}: " + "; ".join(p.compromises))
+        return p.engine_settings(str(path), threads=self.threads, seed=0)
 
     # conversations --------------------------------------------------------------------
 
@@ -306,28 +317,49 @@ class Runtime:
 
     def _remember(self, cid: str, engine: Engine) -> None:
         """Keep a conversation's live state in RAM so switching back is a copy, not a prefill."""
-        data = engine.state_bytes()
-        if len(data) > self._ram_limit:
+        self._ram.pop(cid, None)
+        size = engine.kv_bytes()
+        if size > self._ram_room():
             return
-        self._ram[cid] = (engine.cached_tokens, data)
-        self._ram.move_to_end(cid)
-        while sum(len(v[1]) for v in self._ram.values()) > self._ram_limit:
-            self._ram.popitem(last=False)
+        self._ram[cid] = (engine.cached_tokens, engine.state_bytes())
+        self._shrink_ram_cache(self._ram_room())
 
     def ram_cache_bytes(self) -> int:
         return sum(len(v[1]) for v in self._ram.values())
 
-    def check_memory(self) -> None:
-        """Before a turn: if the machine is short of RAM now, give back the in-RAM state cache."""
-        if not self._ram:
-            return
+    def _ram_room(self) -> int:
+        """What the in-RAM state cache may hold now: its share of the budget, and never more
+        than the machine has free above a floor (LOW_MEMORY_SHARE of its RAM)."""
         from .memory import probe
 
-        snap = probe()
-        if snap.ram_available < snap.ram_total * LOW_MEMORY_SHARE:
-            freed = self.ram_cache_bytes()
-            self._ram.clear()
+        snap = probe(gpus=False)
+        spare = snap.ram_available + self.ram_cache_bytes() - int(snap.ram_total * LOW_MEMORY_SHARE)
+        return max(0, min(self._ram_limit, spare))
+
+    def _shrink_ram_cache(self, room: int) -> int:
+        """Drop the least recently used states until the cache fits `room`; returns bytes freed."""
+        freed = 0
+        while self._ram and self.ram_cache_bytes() > room:
+            _cid, (_tokens, data) = self._ram.popitem(last=False)
+            freed += len(data)
+        return freed
+
+    def check_memory(self) -> None:
+        """Before a turn: re-read free RAM and, when it has fallen, shrink the in-RAM state cache
+        first (the live KV cache is allocated once, at load), rather than let the OS swap."""
+        if not self._ram:
+            return
+        freed = self._shrink_ram_cache(self._ram_room())
+        if freed:
             self.on_notice(f"low memory: dropped {freed / 2**20:.0f} MiB of cached conversation states")
+
+    def saved_types(self, cid: str) -> tuple[str, str] | None:
+        """The K/V types of a conversation's saved state, if it has a readable one."""
+        try:
+            header = self.states.read_header(cid, missing_ok=True)
+        except StateError:
+            return None
+        return (header.type_k, header.type_v) if header is not None else None
 
     def _save_state(self, cid: str, engine: Engine) -> tuple[float, int]:
         t = time.perf_counter()
@@ -342,6 +374,13 @@ class Runtime:
             self.on_notice(f"{exc}")
             return time.perf_counter() - t, 0
         return time.perf_counter() - t, header.payload_size
+
+
+def _registry_default(paths: Any) -> str:
+    """The model a fresh install chats with: the registry's `default` (user models.toml first)."""
+    from .registry import Registry
+
+    return Registry.load(paths).default_name
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -458,7 +497,7 @@ class TurnStream:
 
     def _turn(self, rt: Runtime, cid: str) -> Iterator[str]:
         record = rt.store.conversation(cid)
-        engine = rt.load(None if rt.explicit_model else record.model)
+        engine = rt.load(None if rt.explicit_model else record.model, state_types=rt.saved_types(cid))
         if record.model != rt.model_spec:
             rt.store.update(cid, model=rt.model_spec)
         rt.check_memory()
@@ -477,19 +516,18 @@ class TurnStream:
         self.on_event("restored", {"source": source, "seconds": restore_s})
 
         result: compact.Compaction | None = None
+        # Room kept free for the reply when deciding to compact. A reply may run past it
+        # (up to max_tokens, while the context lasts): the next turn compacts then.
         reserve = min(self.sampling.max_tokens, max(16, engine.n_ctx // 4))
-        sampling = replace(self.sampling, max_tokens=reserve) if reserve < self.sampling.max_tokens else self.sampling
         if len(tokens) + reserve > engine.n_ctx:
-            policy = str(record.settings.get("compaction") or rt.compaction)
-            if rt.compaction != policy and rt.compaction != "summarize":
-                policy = rt.compaction  # an explicit --compaction beats the stored default
+            policy = rt.explicit_compaction or str(record.settings.get("compaction") or rt.compaction)
             result, chat, tokens = self._compact(
                 rt, engine, policy, system, summary, active, user, reserve, len(tokens)
             )
             self.on_event("compacted", result)
 
         t_gen = time.perf_counter()  # ttft_s covers restore and compaction too
-        gen: Generation = engine.generate(tokens, sampling, stop=self.stop)
+        gen: Generation = engine.generate(tokens, self.sampling, stop=self.stop)
         interrupted: BaseException | None = None
         try:
             yield from gen

@@ -103,3 +103,27 @@ def test_a_message_larger_than_the_context_is_a_clear_error(runtime_factory):
     with pytest.raises(BudgetError, match="context"):
         conv.send("word " * 400, max_tokens=16, temperature=0)
     assert conv.messages() == []
+
+
+def test_an_explicit_policy_beats_the_one_the_conversation_stored(runtime_factory):
+    rt = runtime_factory(ctx=256, compaction="off")
+    conv = rt.new_conversation()
+    assert conv.record.settings["compaction"] == "off"
+    rt.close()
+    again = runtime_factory(ctx=256, compaction="truncate").conversation(conv.id)
+    replies = _chat(again, 8)
+    assert [r.compaction.policy for r in replies if r.compaction] and all(
+        r.compaction.policy == "truncate" for r in replies if r.compaction
+    )
+    # Without an explicit policy, the stored one holds.
+    with pytest.raises(BudgetError, match="--compaction"):
+        _chat(runtime_factory(ctx=256).conversation(conv.id), 8)
+
+
+def test_a_reply_may_run_past_the_room_kept_for_it(runtime_factory):
+    # ctx 256 keeps 64 tokens free for a reply when deciding to compact; the reply itself
+    # may be longer, up to --max-tokens, while the context lasts.
+    rt = runtime_factory(ctx=256)
+    r = rt.new_conversation().send("Count from 1 to 100, separated by commas.", max_tokens=120, temperature=0)
+    assert r.stats.completion_tokens > 64
+    assert r.stats.context_tokens <= 256

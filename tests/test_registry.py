@@ -376,3 +376,32 @@ def test_any_spec_resolves_or_is_a_model_error(spec: str):
         assert exc.message and exc.hint
     else:
         assert resolved.path.is_file()
+
+
+def test_the_registry_default_is_what_a_runtime_chats_with(paths: Paths):
+    from edgechat import Runtime
+
+    with Runtime(home=paths.data_dir) as rt:  # no model loads until a turn needs one
+        assert rt.model_spec == "smollm2-135m"
+    user_file(paths, 'default = "gemma3-270m"\n')
+    with Runtime(home=paths.data_dir) as rt:
+        assert rt.model_spec == "gemma3-270m"
+    paths.user_config.write_text('[defaults]\nmodel = "smollm2-135m"\n', encoding="utf-8")
+    with Runtime(home=paths.data_dir) as rt:
+        assert rt.model_spec == "smollm2-135m"  # config.toml's own default beats the registry's
+
+
+def test_models_info_reads_the_header_without_loading(tmp_path: Path):
+    import json
+
+    from fetch_test_models import fetch
+
+    from .conftest import run_cli
+
+    home = tmp_path / "home"
+    gemma = json.loads(run_cli("models", "info", str(fetch("gemma3-270m")), "--json", home=home).stdout)
+    assert gemma["architecture"] == "gemma3" and gemma["sliding_window"] == 512 and not gemma["chat_template"]
+    shown = run_cli("models", "info", str(fetch("smollm2-135m")), home=home)
+    assert shown.returncode == 0 and "llama" in shown.stdout
+    missing = run_cli("models", "info", "qwen3-1.7b", home=home)
+    assert missing.returncode != 0 and "not downloaded" in missing.stderr and "edgechat models pull" in missing.stderr

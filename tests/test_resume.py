@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,60 @@ def test_conversation_commands(home, smollm2, tmp_path):
     assert run_cli("conversations", "delete", cid, "--yes", home=home).returncode == 0
     assert json.loads(run_cli("conversations", "list", "--json", home=home).stdout) == []
     assert not list((home / "states").glob(f"{cid}*"))
+
+
+def test_continuing_without_a_kv_type_reuses_the_saved_cache_type(home, smollm2):
+    # Started with a q8_0 cache; resumed in a new process that names no KV type. The planner
+    # alone would pick f16 here (it fits), which could not take the q8_0 state.
+    first = _send(home, smollm2, TURNS[0], "--new", extra=("--kv-type", "q8_0"))
+    assert first["kv_type"] == "q8_0"
+    again = _send(home, smollm2, TURNS[1], "-c", first["conversation_id"])
+    assert again["restored_from"] == "state"
+    assert again["kv_type"] == "q8_0"
+    assert again["prefill_tokens"] < again["context_tokens"] / 2
+
+
+def _fake_ram(monkeypatch, available: int) -> None:
+    from edgechat import memory
+
+    real = memory.probe
+
+    def probe(*, gpus: bool = True):
+        snap = real(gpus=gpus)
+        return replace(snap, ram_available=available)
+
+    monkeypatch.setattr(memory, "probe", probe)
+
+
+def test_ram_cache_gives_way_when_free_memory_falls(runtime_factory, monkeypatch):
+    notices: list[str] = []
+    rt = runtime_factory(on_notice=notices.append)
+    a = rt.new_conversation()
+    b = rt.new_conversation()
+    a.send("Talk about the sea.", max_tokens=8, temperature=0)
+    b.send("Talk about mountains.", max_tokens=8, temperature=0)  # a's state moves to RAM
+    assert rt.ram_cache_bytes() > 0
+    # The machine is short of memory now: below the floor the cache keeps for the system.
+    _fake_ram(monkeypatch, available=1 << 20)
+    r = b.send("And their height?", max_tokens=8, temperature=0)
+    assert rt.ram_cache_bytes() == 0
+    assert any("low memory" in n for n in notices)
+    assert r.stats.restored_from == "memory"  # the live conversation itself is untouched
+    # Switching back to a now reads a's state file: nothing was lost, only the RAM copy.
+    back = a.send("And its colour?", max_tokens=8, temperature=0)
+    assert back.stats.restored_from == "state"
+    assert len(a.messages()) == 4
+
+
+def test_ram_cache_stays_inside_the_budget(runtime_factory):
+    rt = runtime_factory()
+    rt.load()
+    # Under 1 MiB above what the model itself takes: no room for a ~2 MiB conversation state.
+    tight = runtime_factory(budget_mb=-(-rt.plan.total // (1 << 20)))
+    a = tight.new_conversation()
+    b = tight.new_conversation()
+    a.send("Talk about the sea, its tides, its colours and its creatures. " * 5, max_tokens=8, temperature=0)
+    b.send("Talk about mountains.", max_tokens=8, temperature=0)
+    assert tight.engine is not None and tight.engine.n_ctx == rt.engine.n_ctx  # same plan, just no spare room
+    assert tight.ram_cache_bytes() == 0
+    assert a.send("And its colour?", max_tokens=8, temperature=0).stats.restored_from == "state"
