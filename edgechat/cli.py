@@ -39,9 +39,7 @@ CtxOpt = Annotated[
 KvOpt = Annotated[str | None, typer.Option("--kv-type", help="KV cache type for K and V: f16, q8_0 or q4_0.")]
 KOpt = Annotated[str | None, typer.Option("--k-type", help="K cache type alone (overrides --kv-type).")]
 VOpt = Annotated[str | None, typer.Option("--v-type", help="V cache type alone (overrides --kv-type).")]
-FaOpt = Annotated[
-    str | None, typer.Option("--flash-attn", help="on, off or auto (on when the V cache is quantized).")
-]
+FaOpt = Annotated[str | None, typer.Option("--flash-attn", help="on, off or auto (on when the V cache is quantized).")]
 GpuOpt = Annotated[str | None, typer.Option("--gpu-layers", help="auto or a number of layers to offload (-1: all).")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")]
 BudgetOpt = Annotated[
@@ -280,7 +278,7 @@ def chat(
     def body() -> None:
         from .tui.app import run_app
 
-        options = dict(
+        options: dict[str, Any] = dict(
             model=model, ctx=ctx, kv_type=kv_type, k_type=k_type, v_type=v_type, flash_attn=flash_attn,
             gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb, compaction=compaction,
         )  # fmt: skip

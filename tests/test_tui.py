@@ -366,3 +366,41 @@ async def test_ctrl_q_during_a_reply_stops_it_and_quits_cleanly(
         last = rt.conversation(cid).messages()[-1]
         assert last.role == "assistant" and last.partial
         assert rt.states.exists(cid), "the KV state was saved before the app quit"
+
+
+@pytest.mark.asyncio
+async def test_replies_render_as_markdown_and_copy_to_the_clipboard(
+    make_app: Callable[..., EdgechatApp], home: Path
+) -> None:
+    from textual.widgets._markdown import MarkdownFence
+
+    from edgechat.store import NewMessage
+
+    answer = "Here it is:\n\n```python\nprint('hi')\n```\n\nThat prints **hi**."
+    with Runtime(home=home) as rt:
+        cid = rt.new_conversation(title="Code").id
+        rt.store.append_turn(cid, [NewMessage("user", "Show me code."), NewMessage("assistant", answer)])
+    app = make_app(conversation=cid, autoload=False)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        reply = app.chat_log.message_views()[-1]
+        fences = list(reply.query(MarkdownFence))
+        assert len(fences) == 1 and "print('hi')" in fences[0].code
+        await pilot.press("ctrl+l")
+        assert app.clipboard == answer
+        assert any("copied" in message for _sev, _title, message in app.notices)  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_status_bar_shows_kv_size_and_memory_against_the_budget(make_app: Callable[..., EdgechatApp]) -> None:
+    app = make_app(max_tokens=8)
+    async with app.run_test(size=(160, 30)) as pilot:
+        await until(pilot, lambda: app.model_ready)
+        await send(pilot, app, "Hello!")
+        app.probe_memory()
+        await until(pilot, lambda: "RAM" in status_text(app))
+        text = status_text(app)
+        assert app.runtime is not None and app.runtime.plan is not None
+        budget = app.runtime.plan.budget_ram >> 20
+        assert "budget" in text and "KV " in text and "MB" in text
+        assert app.status.figures.budget_mb == budget and app.status.figures.kv_bytes > 0

@@ -178,7 +178,7 @@ class EdgechatApp(App[None]):
         await self._open_initial()
         if self.autoload and not self.loading:
             record = rt.store.conversation(self.conversation_id) if self.conversation_id else None
-            self.load_model(spec=record.model if record else None)
+            self.load_model(spec=record.model if record and not rt.explicit_model else None)
         if not snapshot_mode():
             self.set_interval(MEMORY_PROBE_S, self.probe_memory)
             self.probe_memory()
@@ -257,6 +257,8 @@ class EdgechatApp(App[None]):
         rt = self.runtime
         if rt is None or not self.autoload:
             return
+        if rt.explicit_model:  # `chat -m NAME` beats the model a conversation was started with
+            model = rt.model_spec
         wanted = _engine_overrides(rt, settings)
         if wanted:
             self.load_model(spec=model, overrides=wanted)
@@ -311,8 +313,14 @@ class EdgechatApp(App[None]):
         record = rt.store.conversation(cid)
 
         def done(title: str | None) -> None:
-            if title:
-                self._idle(lambda: (rt.store.rename(record.id, title), self.refresh_sidebar()))
+            if not title:
+                return
+
+            def rename() -> None:
+                rt.store.rename(record.id, title)
+                self.refresh_sidebar()
+
+            self._idle(rename)
 
         self.push_screen(RenameDialog(record.title), done)
 
@@ -391,7 +399,11 @@ class EdgechatApp(App[None]):
             assert rt is not None
             try:
                 stream = rt.conversation(turn.conversation_id).stream(turn.text, stop=turn.stop)
-                stream.on_event = lambda kind, data: self.post_message(self.TurnEvent(turn, kind, data))
+
+                def on_event(kind: str, data: Any) -> None:
+                    self.post_message(self.TurnEvent(turn, kind, data))
+
+                stream.on_event = on_event
                 first = True
                 for piece in stream:
                     turn.view.feed(piece)
@@ -428,6 +440,8 @@ class EdgechatApp(App[None]):
             turn.user_view.message_id = -1  # not stored: keep it out of id matching
             turn.user_view.add_class("-error")
             turn.user_view.border_subtitle = "not sent"
+            if not self.prompt.text.strip():
+                self.prompt.text = turn.text  # nothing typed since: give the message back to edit or resend
             self.show_error(message.error)
         else:
             assert message.reply is not None
@@ -488,17 +502,19 @@ class EdgechatApp(App[None]):
         with self.engine_lock:
             try:
                 if overrides is not None:
-                    retired = self.runtime
-                    assert retired is not None
-                    if retired.engine is not None:  # free its memory before the new context is allocated
-                        retired.engine.close()
-                        retired.engine = None
+                    old = self.runtime
+                    assert old is not None
                     fresh = self.make_runtime(self._core_notice)
-                    fresh.model_spec = spec or retired.model_spec
+                    fresh.model_spec = spec or old.model_spec
+                    fresh.explicit_model = old.explicit_model
                     for key, value in overrides.items():
                         setattr(fresh, key, value)
+                    if old.engine is not None:  # free its memory before the new context is allocated
+                        old.engine.close()
+                        old.engine = None
                     # Swapped under the lock: a turn queued behind this load must see the new runtime.
-                    self.runtime = fresh
+                    # Only now is the old one retired (closed): until the swap it is still in use.
+                    self.runtime, retired = fresh, old
                 rt = self.runtime
                 assert rt is not None
                 self._fetch_model(rt, spec or rt.model_spec)
@@ -551,9 +567,11 @@ class EdgechatApp(App[None]):
         rt = self.runtime
         if rt is None or rt.engine is None:
             return
+        plan = rt.plan
+        budget = rt.budget_mb or (plan.budget_ram >> 20 if plan is not None else None)
         self.status.update(
             model=model_label(rt.model_name or rt.model_spec), kv_type=_kv_label(rt), ctx_limit=rt.engine.n_ctx,
-            budget_mb=rt.budget_mb,
+            budget_mb=budget, vram_budget_mb=plan.budget_gpu >> 20 if plan is not None and plan.budget_gpu else None,
         )  # fmt: skip
 
     # memory ---------------------------------------------------------------------------------

@@ -26,9 +26,10 @@ class StatusFigures:
     kv_bytes: int = 0
     rss_bytes: int = 0
     ram_total: int = 0
-    budget_mb: int | None = None
+    budget_mb: int | None = None  # RAM the runtime may use: --budget-mb, else the planner's share of free RAM
     vram_used: int = 0
     vram_total: int = 0
+    vram_budget_mb: int | None = None
     ttft_s: float | None = None
     tokens_per_s: float | None = None
     restore: str = ""
@@ -97,7 +98,8 @@ class StatusBar(Widget):
                 ram = f"RAM {megabytes(f.rss_bytes)}/{megabytes(f.ram_total)}"
             out.append((6, Content(ram)))
         if f.vram_total and not still:
-            out.append((7, Content(f"VRAM {megabytes(f.vram_used)}/{megabytes(f.vram_total)}")))
+            limit = f"{megabytes(f.vram_budget_mb * 2**20)} budget" if f.vram_budget_mb else megabytes(f.vram_total)
+            out.append((7, Content(f"VRAM {megabytes(f.vram_used)}/{limit}")))
         return out
 
     def render(self) -> Content:
