@@ -444,20 +444,33 @@ def _runtime_run(eng: Engine, tokens: list[int], sampling: SamplingSettings) -> 
 
 
 def _baseline_run(eng: Engine, tokens: list[int], sampling: SamplingSettings) -> _Run:
-    """llama-cpp-python's own token loop on the same context: eval, sample, yield, repeat."""
+    """llama-cpp-python's own token loop on the same context: eval, sample, yield, repeat.
+
+    It runs the same RSS sampler over its decode as the runtime's run does, so the sampling
+    thread's cost (small, but real on 2 cores) lands on both sides of the ratio.
+    """
+    from .memory import PeakRss
+
     llm = eng.llm
     eng.clear()  # n_tokens 0: Llama.generate finds no prefix to reuse and prefills everything
     llm.set_seed(sampling.seed)
     eos = llm.token_eos()
     stamps: list[float] = []
+    peak = PeakRss()
     t0 = time.perf_counter()
-    for token in llm.generate(
-        tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
-        temp=sampling.temperature, repeat_penalty=sampling.repeat_penalty, reset=True,
-    ):  # fmt: skip
-        stamps.append(time.perf_counter())
-        if token == eos or len(stamps) >= sampling.max_tokens:
-            break
+    try:
+        for token in llm.generate(
+            tokens, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p,
+            temp=sampling.temperature, repeat_penalty=sampling.repeat_penalty, reset=True,
+        ):  # fmt: skip
+            stamps.append(time.perf_counter())
+            if len(stamps) == 1:
+                peak.__enter__()  # decode starts now, as in _runtime_run
+            if token == eos or len(stamps) >= sampling.max_tokens:
+                break
+    finally:
+        if stamps:
+            peak.__exit__(None, None, None)
     eng.clear()  # the bare loop moved llm.n_tokens: give the engine an empty, consistent cache
     gaps = tuple(b - a for a, b in zip(stamps, stamps[1:], strict=False))
     return _Run(
