@@ -148,7 +148,8 @@ class StateFiles:
                 payload.unlink(missing_ok=True)
             if isinstance(exc, OSError):
                 raise StateError(
-                    f"could not save the KV state: {exc.strerror or exc}", "free some disk space; the transcript is safe"
+                    f"could not save the KV state: {exc.strerror or exc}",
+                    "free some disk space; the transcript is safe",
                 ) from exc
             raise
         self._remove_old_payloads(cid, keep=payload.name)

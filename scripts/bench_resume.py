@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from edgechat import Runtime  # noqa: E402
 from edgechat.store import NewMessage  # noqa: E402
 
-WORDS = ["river", "stone", "lantern", "harbour", "meadow", "copper", "violin", "orchard", "signal", "winter", "garden", "engine", "pepper", "island", "ladder", "mirror", "candle", "forest", "anchor", "tunnel"]
+WORDS = ["river", "stone", "lantern", "harbour", "meadow", "copper", "violin", "orchard", "signal", "winter", "garden", "engine", "pepper", "island", "ladder", "mirror", "candle", "forest", "anchor", "tunnel"]  # fmt: skip
 
 
 def filler(i: int, n_words: int) -> str:

@@ -22,9 +22,8 @@ def cache_home() -> Path:
 
 
 def fetch(name: str) -> Path:
-    from edgechat.registry import pull
-
     from edgechat.config import resolve_paths
+    from edgechat.registry import pull
 
     return pull(name, resolve_paths(cache_home()))
 

@@ -147,3 +147,19 @@ def test_generate_batch_reports_a_bad_line_and_goes_on(home, smollm2, tmp_path):
     assert p.returncode == 1
     lines = [json.loads(x) for x in p.stdout.splitlines()]
     assert "error" in lines[0] and "text" in lines[1]
+
+
+def test_chat_templates_render_in_a_sandbox():
+    # A GGUF's template is untrusted input: it may not reach Python internals.
+    from jinja2.exceptions import SecurityError
+
+    from edgechat.engine import _compile_template
+
+    ok = _compile_template("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}")
+    assert ok.render(messages=[{"role": "user", "content": "hi"}]) == "<user>hi"
+    evil = _compile_template("{{ messages.__class__.__mro__[1].__subclasses__() }}")
+    with pytest.raises(SecurityError):
+        evil.render(messages=[])
+    mutating = _compile_template("{{ messages.append(1) }}")
+    with pytest.raises(SecurityError):
+        mutating.render(messages=[])
