@@ -15,17 +15,14 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
-
-import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from edgechat import Runtime  # noqa: E402
+from edgechat.memory import PeakRss  # noqa: E402
 
 TOPICS = [
     "apples",
@@ -51,30 +48,11 @@ TOPICS = [
 ]
 
 
-class RssSampler(threading.Thread):
-    def __init__(self, period_s: float = 0.01) -> None:
-        super().__init__(daemon=True)
-        self.proc = psutil.Process()
-        self.period_s = period_s
-        self.peak = self.proc.memory_info().rss
-        self._stop = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(self.period_s)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self.join()
-        return self.peak
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-m", "--model", default=None)
     ap.add_argument("--budget-mb", type=int, default=400)
-    ap.add_argument("--ctx", type=int, default=None, help="cap the context (default: what the budget allows)")
+    ap.add_argument("--ctx", type=int, default=1024, help="cap the context: small, so 30 turns compact often")
     ap.add_argument("--turns", type=int, default=30)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--compaction", default="summarize")
@@ -85,10 +63,8 @@ def main() -> None:
         from fetch_test_models import fetch
 
         args.model = str(fetch("smollm2-135m"))
-    sampler = RssSampler()
-    sampler.start()
-    rss_start = psutil.Process().memory_info().rss
-    with tempfile.TemporaryDirectory() as home, Runtime(
+    peak = PeakRss()
+    with peak, tempfile.TemporaryDirectory() as home, Runtime(
         model=args.model, home=home, budget_mb=args.budget_mb, ctx=args.ctx, kv_type=args.kv_type,
         compaction=args.compaction,
     ) as rt:  # fmt: skip
@@ -108,11 +84,7 @@ def main() -> None:
             "budget_mb": args.budget_mb,
             "n_ctx": engine.n_ctx,
             "kv_type": args.kv_type,
-            "plan_total_mb": (rt.plan.total_bytes / 2**20)
-            if rt.plan is not None and hasattr(rt.plan, "total_bytes")
-            else None,
-            "rss_before_load_mb": rss_start / 2**20,
-            "peak_rss_mb": sampler.stop() / 2**20,
+            "plan_total_mb": rt.plan.total / 2**20,
             "turns": args.turns,
             "messages_in_transcript": kept,
             "max_context_tokens": max(context),
@@ -121,6 +93,8 @@ def main() -> None:
             "compaction_max_s": max(compactions) if compactions else None,
             "policy": args.compaction,
         }
+    result["rss_before_load_mb"] = peak.start / 2**20
+    result["peak_rss_mb"] = peak.peak / 2**20
     result["peak_over_budget"] = result["peak_rss_mb"] / args.budget_mb
     if args.json:
         print(json.dumps(result))
