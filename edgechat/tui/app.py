@@ -11,6 +11,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -137,6 +138,10 @@ class EdgechatApp(App[None]):
         self.runtime: Runtime | None = None
         self.conversation_id: str | None = None
         self.engine_lock = threading.Lock()
+        # Every llama.cpp call runs on this one long-lived thread. ggml's CPU backend decodes
+        # 30-40 % slower once several OS threads have driven it, and Textual gives each thread
+        # worker a new thread (measured with scripts/bench_tui.py).
+        self.llama_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgechat-llama")
         self.turn: ActiveTurn | None = None
         self.loading = False
         self.last_reply = ""
@@ -394,6 +399,9 @@ class EdgechatApp(App[None]):
     @work(thread=True, exit_on_error=False, group="engine")
     def generate(self, turn: ActiveTurn) -> None:
         """Run the turn pipeline; pieces go to the view's buffer, events and the result by message."""
+        self.llama_thread.submit(self._generate, turn).result()
+
+    def _generate(self, turn: ActiveTurn) -> None:
         with self.engine_lock:
             rt = self.runtime
             assert rt is not None
@@ -497,6 +505,9 @@ class EdgechatApp(App[None]):
 
     @work(thread=True, exit_on_error=False, group="engine")
     def _load(self, spec: str | None, overrides: dict[str, Any] | None) -> None:
+        self.llama_thread.submit(self._load_now, spec, overrides).result()
+
+    def _load_now(self, spec: str | None, overrides: dict[str, Any] | None) -> None:
         t0 = time.perf_counter()
         retired: Runtime | None = None
         with self.engine_lock:
@@ -817,3 +828,4 @@ def run_app(make_runtime: MakeRuntime, conversation: str | None = None, cont: bo
             finally:
                 if got:
                     app.engine_lock.release()
+        app.llama_thread.shutdown(wait=False)
