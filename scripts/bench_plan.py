@@ -45,7 +45,7 @@ def measure(model: Path, kv: str, n_ctx: int) -> dict[str, object]:
         "kv_type": kv,
         "n_ctx": predicted.n_ctx,
         "kv_predicted_mib": round(predicted.kv / MiB, 2),
-        "kv_logged_mib": logged["KV"],
+        "kv_logged_mib": round(logged["KV"], 2),
         "kv_ratio": round(predicted.kv / MiB / logged["KV"], 4),
         "buffers_predicted_mib": round(predicted.buffers / MiB, 1),
         "buffers_logged_mib": round(logged["total"], 1),
