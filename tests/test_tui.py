@@ -79,6 +79,15 @@ async def send(pilot: Pilot[Any], app: EdgechatApp, text: str) -> None:
     await until(pilot, lambda: app.turn is None and app.last_stats is not done)
 
 
+async def start_long_reply(pilot: Pilot[Any], app: EdgechatApp) -> None:
+    """Once the model is ready, send LONG_PROMPT and wait until the reply reaches the screen."""
+    await until(pilot, lambda: app.model_ready)
+    app.prompt.text = LONG_PROMPT
+    # The Enter key event goes straight to the box so the test is not held up until the reply ends.
+    app.prompt.post_message(events.Key("enter", "\r"))
+    await until(pilot, lambda: app.turn is not None and app.turn.view.first_paint is not None)
+
+
 def stored_record(app: EdgechatApp) -> Any:
     assert app.runtime is not None and app.conversation_id is not None
     return app.runtime.store.conversation(app.conversation_id)
@@ -117,11 +126,7 @@ async def test_reply_streams_into_the_log_and_is_stored(make_app: Callable[..., 
 async def test_escape_stops_the_reply_and_keeps_it_marked_partial(make_app: Callable[..., EdgechatApp]) -> None:
     app = make_app(max_tokens=300)
     async with app.run_test(size=WIDE) as pilot:
-        await until(pilot, lambda: app.model_ready)
-        app.prompt.text = LONG_PROMPT
-        # The Enter key event goes straight to the box so the test is not held up until the reply ends.
-        app.prompt.post_message(events.Key("enter", "\r"))
-        await until(pilot, lambda: app.turn is not None and app.turn.view.first_paint is not None)
+        await start_long_reply(pilot, app)
         await pilot.press("escape")
         await until(pilot, lambda: app.turn is None and app.last_stats is not None)
         assert app.last_stats is not None and app.last_stats.finish_reason == "cancelled"
@@ -354,10 +359,7 @@ async def test_ctrl_q_during_a_reply_stops_it_and_quits_cleanly(
 ) -> None:
     app = make_app(max_tokens=300)
     async with app.run_test(size=WIDE) as pilot:
-        await until(pilot, lambda: app.model_ready)
-        app.prompt.text = LONG_PROMPT
-        app.prompt.post_message(events.Key("enter", "\r"))
-        await until(pilot, lambda: app.turn is not None and app.turn.view.first_paint is not None)
+        await start_long_reply(pilot, app)
         cid = app.turn.conversation_id if app.turn else ""
         await pilot.press("ctrl+q")
         await until(pilot, lambda: not app.is_running, timeout=30)
