@@ -9,6 +9,7 @@ files are three caches of it, checked token by token before use.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -161,12 +162,11 @@ class Runtime:
             self.engine = None
         self.store.close()
 
-    def load(self, model: str | None = None, *, state_types: tuple[str, str] | None = None) -> Engine:
+    def load(self, model: str | None = None, *, conversation: str | None = None) -> Engine:
         """Resolve, plan and load the model (once; again only when a different one is asked for).
 
-        `state_types` are the K/V types of a conversation's saved state: when no KV type was
-        asked for, the planner is offered them first, because a state only restores into a
-        cache of the types it was saved from.
+        For a `conversation` with a saved state, when no KV type was asked for, the planner is
+        offered the state's K/V types first: a state only restores into a cache of its types.
         """
         from .registry import resolve_model
 
@@ -176,11 +176,11 @@ class Runtime:
         resolved = resolve_model(spec, self.paths, download=self.download)
         info = read_gguf(resolved.path)
         settings = None
-        if state_types is not None and self.type_k is None and self.type_v is None:
-            try:
+        no_kv_asked = self.type_k is None and self.type_v is None
+        state_types = self._saved_types(conversation) if conversation and no_kv_asked else None
+        if state_types is not None:
+            with contextlib.suppress(BudgetError):  # the saved types no longer fit: the planner chooses
                 settings = self._settings_for(resolved.path, info, state_types)
-            except BudgetError:
-                settings = None  # the saved types no longer fit: let the planner choose
         if settings is None:
             settings = self._settings_for(resolved.path, info)
         if self.engine is not None:
@@ -318,11 +318,11 @@ class Runtime:
     def _remember(self, cid: str, engine: Engine) -> None:
         """Keep a conversation's live state in RAM so switching back is a copy, not a prefill."""
         self._ram.pop(cid, None)
-        size = engine.kv_bytes()
-        if size > self._ram_room():
+        room = self._ram_room()
+        if engine.kv_bytes() > room:
             return
         self._ram[cid] = (engine.cached_tokens, engine.state_bytes())
-        self._shrink_ram_cache(self._ram_room())
+        self._shrink_ram_cache(room)
 
     def ram_cache_bytes(self) -> int:
         return sum(len(v[1]) for v in self._ram.values())
@@ -353,7 +353,7 @@ class Runtime:
         if freed:
             self.on_notice(f"low memory: dropped {freed / 2**20:.0f} MiB of cached conversation states")
 
-    def saved_types(self, cid: str) -> tuple[str, str] | None:
+    def _saved_types(self, cid: str) -> tuple[str, str] | None:
         """The K/V types of a conversation's saved state, if it has a readable one."""
         try:
             header = self.states.read_header(cid, missing_ok=True)
@@ -497,7 +497,7 @@ class TurnStream:
 
     def _turn(self, rt: Runtime, cid: str) -> Iterator[str]:
         record = rt.store.conversation(cid)
-        engine = rt.load(None if rt.explicit_model else record.model, state_types=rt.saved_types(cid))
+        engine = rt.load(None if rt.explicit_model else record.model, conversation=cid)
         if record.model != rt.model_spec:
             rt.store.update(cid, model=rt.model_spec)
         rt.check_memory()
