@@ -10,15 +10,16 @@ each sent the same prompt (greedy, fixed max tokens); the first is a warm-up.
 - pipeline (a subprocess, as `edgechat send` runs it): `Conversation.stream()` on the main
   thread; first token is the time from the call to the first text piece. Its turns
   alternate with the UI's, so load from other processes hits both sides alike.
-- For reference, the real CLI: `edgechat send -c ID --json` on the conversation the UI
-  created (ttft_s; a new process, so its KV comes from the state file) and
-  `edgechat generate --json` (decode_tokens_per_s).
+- `edgechat generate --json` (a new process per run, its decode_tokens_per_s), also
+  interleaved: each run is a UI turn, a pipeline turn and a `generate`.
+- For reference, `edgechat send -c ID --json` on the conversation the UI created (ttft_s;
+  a new process, so its KV comes from the state file).
 
 The pipeline runs in its own process on purpose: llama.cpp's CPU backend (OpenMP) slows
 down by 15-20 % once more than one thread of a process has run it, so measuring both sides
 in one process would charge the UI for the benchmark's own decoding.
 
-    .venv/bin/python scripts/bench_tui.py [-m MODEL] [--runs 5] [--max-tokens 128] [--ctx 1024]
+    .venv/bin/python scripts/bench_tui.py [-m MODEL] [--runs 9] [--max-tokens 256] [--ctx 1024]
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def serve_pipeline(args: argparse.Namespace, home: Path) -> None:
 
 
 async def measure(args: argparse.Namespace, home: Path, pipeline: Pipeline) -> dict[str, Any]:
-    """Alternate UI turns and pipeline turns, so outside load hits both sides alike."""
+    """Alternate UI turns, pipeline turns and `generate` runs, so outside load hits all sides alike."""
     from textual import events
 
     from edgechat.tui.app import EdgechatApp
@@ -116,6 +117,7 @@ async def measure(args: argparse.Namespace, home: Path, pipeline: Pipeline) -> d
     ui_busy: list[float] = []
     pipe_first: list[float] = []
     pipe_rate: list[float] = []
+    gen_rate: list[float] = []
     conversation = ""
     async with app.run_test(size=(100, 30)) as pilot:
         while not app.model_ready:
@@ -139,10 +141,12 @@ async def measure(args: argparse.Namespace, home: Path, pipeline: Pipeline) -> d
             assert app.last_stats is not None
             rate = app.last_stats.decode_tokens_per_s
             p = pipeline.turn()
+            g = cli(args, home, "generate", PROMPT)["decode_tokens_per_s"]
             print(
                 f"run {run}: UI first token on screen {paint * 1000:4.0f} ms, {rate:5.1f} tok/s, "
                 f"UI thread busy {busy * 100:2.0f} % | "
-                f"pipeline first token {p['first_token_s'] * 1000:4.0f} ms, {p['tokens_per_s']:5.1f} tok/s"
+                f"pipeline first token {p['first_token_s'] * 1000:4.0f} ms, {p['tokens_per_s']:5.1f} tok/s | "
+                f"generate {g:5.1f} tok/s"
                 f"{'  (warm-up)' if not run else ''}",
                 flush=True,
             )
@@ -152,10 +156,11 @@ async def measure(args: argparse.Namespace, home: Path, pipeline: Pipeline) -> d
                 ui_busy.append(busy)
                 pipe_first.append(p["first_token_s"])
                 pipe_rate.append(p["tokens_per_s"])
+                gen_rate.append(g)
         await app.action_quit()
     rt.close()
     return {"ui_first": ui_first, "ui_rate": ui_rate, "ui_busy": ui_busy, "pipe_first": pipe_first, "pipe_rate": pipe_rate,
-            "conversation": conversation}  # fmt: skip
+            "gen_rate": gen_rate, "conversation": conversation}  # fmt: skip
 
 
 def cli(args: argparse.Namespace, home: Path, *argv: str) -> dict[str, Any]:
@@ -172,11 +177,11 @@ def cli(args: argparse.Namespace, home: Path, *argv: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-m", "--model", default=None)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--ctx", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cli-runs", type=int, default=3, help="runs of `edgechat send` and `edgechat generate`")
+    parser.add_argument("--cli-runs", type=int, default=3, help="runs of `edgechat send -c`")
     parser.add_argument("--pipeline", metavar="HOME", help=argparse.SUPPRESS)  # the subprocess side
     args = parser.parse_args()
     args.model = args.model or default_model()
@@ -197,25 +202,25 @@ def main() -> None:
     finally:
         pipeline.close()
     send = [cli(args, home, "send", "-c", res["conversation"], PROMPT) for _ in range(args.cli_runs)]
-    gen = [cli(args, home, "generate", PROMPT) for _ in range(args.cli_runs)]
 
     med = statistics.median
     ui_first, pipe_first = med(res["ui_first"]), med(res["pipe_first"])
     ui_rate, pipe_rate = med(res["ui_rate"]), med(res["pipe_rate"])
     pair = med(u / p for u, p in zip(res["ui_rate"], res["pipe_rate"], strict=True))
+    gen_pair = med(u / g for u, g in zip(res["ui_rate"], res["gen_rate"], strict=True))
     send_ttft = med(r["ttft_s"] for r in send)
-    gen_rate = med(r["decode_tokens_per_s"] for r in gen)
+    gen_rate = med(res["gen_rate"])
     print()
     print(f"{Path(args.model).name}, ctx {args.ctx}, {args.threads} threads, greedy, {args.max_tokens} max tokens; "
-          f"medians of {args.runs} runs (UI, pipeline) and {args.cli_runs} (CLI)")  # fmt: skip
+          f"medians of {args.runs} runs (UI, pipeline, generate) and {args.cli_runs} (send)")  # fmt: skip
     print(f"input → first token:  UI {ui_first * 1000:.0f} ms   pipeline {pipe_first * 1000:.0f} ms   "
           f"UI overhead {(ui_first - pipe_first) * 1000:+.0f} ms")  # fmt: skip
     print(f"   `edgechat send -c` ttft_s {send_ttft * 1000:.0f} ms (new process: KV restored from "
           f"{send[0]['restored_from']}, then prefill)")  # fmt: skip
     print(f"decode tok/s:         UI {ui_rate:.1f}   pipeline {pipe_rate:.1f}   `edgechat generate` {gen_rate:.1f}")
     print(f"UI thread busy during a turn: {med(res['ui_busy']) * 100:.1f} % of one core (bench polling included)")
-    print(f"UI decode cost: {(1 - pair) * 100:+.1f} % vs pipeline (median of run pairs), "
-          f"{(1 - ui_rate / gen_rate) * 100:+.1f} % vs generate")  # fmt: skip
+    print(f"UI decode cost (median of run pairs): {(1 - pair) * 100:+.1f} % vs pipeline, "
+          f"{(1 - gen_pair) * 100:+.1f} % vs generate")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -382,18 +382,19 @@ class EdgechatApp(App[None]):
         turn = ActiveTurn(self.conversation_id, text, user_view, view, fresh=self._fresh)
         self._fresh = False
         self.turn = turn
-        # Start the turn first: mounting the views overlaps the prefill, and pieces that arrive
-        # before the view is mounted wait in its buffer.
-        self.generate(turn)
         self.prompt.clear()
         self.status.update(
             activity="loading model…" if self.loading or rt.engine is None else "thinking…",
             activity_since=time.perf_counter(),
         )
-        await self.chat_log.add(user_view)
-        await self.chat_log.add(view)
+        # Mount first, then generate: the reply cannot be drawn before its view exists anyway,
+        # and mounting (tens of ms of main-thread CPU) would otherwise compete with the decode
+        # for the cores (scripts/bench_tui.py).
+        await self.chat_log.add(user_view, view)
         self.chat_log.scroll_end(animate=False)
         self.refresh_bindings()
+        self.prompt.cursor_blink = False  # each blink is a repaint, and every repaint slows the decode
+        self.generate(turn)
         return turn
 
     @work(thread=True, exit_on_error=False, group="engine")
@@ -456,6 +457,7 @@ class EdgechatApp(App[None]):
             self.last_stats = message.reply.stats
             await self._show_reply(turn, message.reply, message.kv_bytes)
         self.turn = None  # only now: until here the finished reply was still being drawn
+        self.prompt.cursor_blink = True
         self.refresh_bindings()
         for fn in self._when_idle:
             fn()

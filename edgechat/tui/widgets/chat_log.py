@@ -17,13 +17,15 @@ from ..figures import first_line
 if TYPE_CHECKING:
     from ...store import Message as StoredMessage
 
-# Every flush costs a Markdown append plus a repaint of the scrolling log (tens of ms of main-thread
-# CPU on a small machine), and the main thread shares the cores and the GIL with llama.cpp. So
-# flushes are batched: at least FLUSH_INTERVAL_S apart, and further apart when the measured cost
-# of one flush cycle would take more than UI_CPU_SHARE of the time (capped at FLUSH_MAX_S).
-FLUSH_INTERVAL_S = 0.05
-FLUSH_MAX_S = 0.5
-UI_CPU_SHARE = 0.05
+# One redraw of a streaming reply (Markdown append, two layout passes, a repaint of the
+# scrolling log) costs 10-30 ms of main-thread CPU on a small machine, and that CPU comes out
+# of the decode even when llama.cpp leaves a logical CPU free (it is a hyperthread of a busy
+# core). So redraws are spaced to keep the UI under UI_CPU_SHARE of the wall time: a fast
+# machine redraws several times a second, a slow 2-core box about once a second
+# (scripts/bench_tui.py: UI decode cost +7-10 % at 4 redraws/s there, under 5 % like this).
+FLUSH_MIN_S = 0.1
+FLUSH_MAX_S = 1.5
+UI_CPU_SHARE = 0.02
 WELCOME = (
     "New conversation. Type below: Enter sends, Shift+Enter or Ctrl+J adds a line, Esc stops a reply.\n"
     "Ctrl+O picks the model, Ctrl+S opens settings, Ctrl+B shows conversations, Ctrl+P lists every command."
@@ -63,7 +65,7 @@ class MessageView(Vertical):
         self._wake_posted = False
         self._last_flush = 0.0
         self._last_cpu = 0.0
-        self._interval = FLUSH_INTERVAL_S
+        self._interval = FLUSH_MIN_S
         self._flush_timer_set = False
 
     def compose(self) -> ComposeResult:
@@ -130,7 +132,7 @@ class MessageView(Vertical):
         if self._last_flush:
             # Main-thread CPU since the last flush: this flush's repaint plus anything else the UI did.
             cost = cpu - self._last_cpu
-            self._interval = min(FLUSH_MAX_S, max(FLUSH_INTERVAL_S, cost / UI_CPU_SHARE))
+            self._interval = min(FLUSH_MAX_S, max(FLUSH_MIN_S, cost / UI_CPU_SHARE))
         self._last_flush, self._last_cpu = now, cpu
         self.flushes += 1
         if self.streaming and self.border_subtitle == "thinking…":
@@ -210,12 +212,15 @@ class ChatLog(VerticalScroll):
         self.scroll_end(animate=False)
         self.anchor()
 
-    async def add(self, widget: MessageView | Notice | SummaryView, *, before: MessageView | None = None) -> None:
-        await self.query_children(".-welcome").remove()
+    async def add(self, *widgets: MessageView | Notice | SummaryView, before: MessageView | None = None) -> None:
+        """Mount at the bottom (or before a view); one mount for several widgets is one layout pass."""
+        welcome = self.query_children(".-welcome")
+        if welcome:
+            await welcome.remove()
         if before is not None and before.parent is self:
-            await self.mount(widget, before=before)
+            await self.mount_all(widgets, before=before)
         else:
-            await self.mount(widget)
+            await self.mount_all(widgets)
         self.anchor()
 
     def message_views(self) -> list[MessageView]:
