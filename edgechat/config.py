@@ -114,6 +114,7 @@ class Defaults:
     max_tokens: int = 512
     temperature: float = 0.7
     seed: int = 0
+    theme: str = "auto"  # the chat UI's: auto (from the terminal's COLORFGBG), light, dark, or a Textual theme name
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -150,12 +151,16 @@ def load_defaults(paths: Paths) -> Defaults:
 
 
 def save_default(paths: Paths, key: str, value: Any) -> None:
-    """Write one default back to config.toml, keeping the others."""
+    """Write one default back to config.toml, keeping the others; None removes it (TOML has no null)."""
     path = paths.user_config
     data: dict[str, Any] = {}
     if path.exists():
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    data.setdefault("defaults", {})[key] = value
+    section = data.setdefault("defaults", {})
+    if value is None:
+        section.pop(key, None)
+    else:
+        section[key] = value
     lines = ["[defaults]"]
     for k, v in data["defaults"].items():
         lines.append(f"{k} = {_toml_value(v)}")

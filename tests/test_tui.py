@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from textual import events
 from textual.pilot import Pilot
-from textual.widgets import Input, OptionList, Select, TextArea
+from textual.widgets import DataTable, Input, OptionList, ProgressBar, Select, TextArea
 
 from edgechat import Runtime
 from edgechat.config import load_defaults, resolve_paths, save_default
@@ -20,6 +21,9 @@ from edgechat.tui.screens.model_picker import ModelPicker
 from edgechat.tui.screens.settings import SettingsScreen
 from edgechat.tui.widgets.chat_log import Notice
 
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_hub import FakeHub  # noqa: E402
+
 WIDE = (100, 30)  # wide enough for the sidebar
 LONG_PROMPT = (
     "Write a very long and detailed story about a lighthouse keeper on a remote island, "
@@ -28,8 +32,9 @@ LONG_PROMPT = (
 
 
 @pytest.fixture()
-def make_app(smollm2: Path, home: Path) -> Iterator[Callable[..., EdgechatApp]]:
+def make_app(smollm2: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., EdgechatApp]]:
     """Apps on the small model, greedy, 2 threads; the runtime each one built is closed at teardown."""
+    monkeypatch.delenv("COLORFGBG", raising=False)  # the theme must not depend on the terminal running the tests
     paths = resolve_paths(home)
     save_default(paths, "temperature", 0.0)
     apps: list[EdgechatApp] = []
@@ -337,6 +342,31 @@ async def test_settings_are_saved_per_conversation_and_as_defaults(
         assert defaults.kv_type == "q8_0" and defaults.max_tokens == 12
         await send(pilot, app, "And again.")
         assert app.last_stats is not None and app.last_stats.kv_type == "q8_0"
+        # Back to automatic as the default: the saved key goes, so the planner decides again.
+        await pilot.press("ctrl+s")
+        app.screen.query_one("#kv_type", Select).value = "auto"
+        await pilot.click("#default")
+        await until(pilot, lambda: app.model_ready)
+        assert load_defaults(resolve_paths(home)).kv_type is None
+
+
+@pytest.mark.asyncio
+async def test_the_theme_follows_the_terminal_and_a_chosen_theme_is_kept(
+    make_app: Callable[..., EdgechatApp], home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLORFGBG", "0;15")  # black on white, as rxvt and Konsole announce it
+    app = make_app(autoload=False)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert app.theme == "textual-light"
+        assert load_defaults(resolve_paths(home)).theme == "auto"  # following the terminal is not a choice
+        app.theme = "nord"  # what the command palette's theme picker does
+        await pilot.pause()
+    assert load_defaults(resolve_paths(home)).theme == "nord"
+    again = make_app(autoload=False)
+    async with again.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert again.theme == "nord"
 
 
 @pytest.mark.asyncio
@@ -351,6 +381,51 @@ async def test_the_model_picker_loads_a_local_file(make_app: Callable[..., Edgec
         await until(pilot, lambda: app.model_ready)
         assert app.runtime is not None and app.runtime.model_name == smollm2.stem
         assert smollm2.stem[:12] in status_text(app)
+
+
+@pytest.mark.asyncio
+async def test_the_model_picker_downloads_with_progress_then_chats_with_the_model(
+    make_app: Callable[..., EdgechatApp], smollm2: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = smollm2.read_bytes()
+    paths = resolve_paths(home)
+    paths.config_dir.mkdir(parents=True, exist_ok=True)
+    with FakeHub() as hub:
+        sha256 = hub.add("edgechat-test/smol-GGUF", "smol-q4_1.gguf", data)
+        paths.user_registry.write_text(
+            f"""
+[models.smol-hub]
+repo = "edgechat-test/smol-GGUF"
+default_quant = "Q4_1"
+context_length = 8192
+note = "SmolLM2 on the fake hub"
+files.Q4_1 = {{ file = "smol-q4_1.gguf", sha256 = "{sha256}" }}
+""",
+            encoding="utf-8",
+        )
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        app = make_app(autoload=False)
+        async with app.run_test(size=WIDE) as pilot:
+            await pilot.press("ctrl+o")
+            picker = app.screen
+            assert isinstance(picker, ModelPicker)
+            names = [row["name"] for row in picker.rows]
+            assert not picker.rows[names.index("smol-hub")]["downloaded"]
+            picker.query_one(DataTable).move_cursor(row=names.index("smol-hub"))
+            bar = picker.query_one(ProgressBar)
+            seen: list[float] = []
+            bar.watch(bar, "progress", lambda value: seen.append(value))  # every step the bar shows
+            await pilot.press("enter")  # "Use" on a model that is not here yet downloads it first
+            await until(pilot, lambda: app.screen is not picker and app.model_ready)
+            assert bar.total == len(data) and seen[-1] == len(data)
+            assert len([p for p in seen if 0 < p < len(data)]) >= 2, "the bar moved while the file came in"
+            assert app.runtime is not None and app.runtime.model_spec == "smol-hub"
+            assert ("information", "download finished", "smol-hub is ready") in app.notices  # type: ignore[attr-defined]
+            await send(pilot, app, "Hi!")
+            assert stored(app)[-1].role == "assistant" and stored(app)[-1].content
+    downloaded = list(paths.models_dir.rglob("smol-q4_1.gguf"))
+    assert len(downloaded) == 1 and downloaded[0].stat().st_size == len(data)
 
 
 @pytest.mark.asyncio
@@ -406,3 +481,18 @@ async def test_status_bar_shows_kv_size_and_memory_against_the_budget(make_app: 
         budget = app.runtime.plan.budget_ram >> 20
         assert "budget" in text and "KV " in text and "MB" in text
         assert app.status.figures.budget_mb == budget and app.status.figures.kv_bytes > 0
+
+
+@pytest.mark.asyncio
+async def test_the_command_palette_lists_and_runs_the_actions(make_app: Callable[..., EdgechatApp]) -> None:
+    app = make_app(autoload=False)
+    async with app.run_test(size=WIDE) as pilot:
+        titles = {command.title for command in app.get_system_commands(app.screen)}
+        for action in ("New conversation", "Rename conversation", "Delete conversation", "Choose model", "Settings",
+                       "Show compacted history", "Copy last reply", "Stop reply", "Toggle sidebar"):  # fmt: skip
+            assert action in titles
+        await pilot.press("ctrl+p")
+        await pilot.press(*"settings")
+        await pilot.pause(0.3)  # the palette searches asynchronously
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, SettingsScreen), timeout=10)

@@ -8,6 +8,7 @@ so the UI keeps handling keys while a model loads or a reply streams.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -21,14 +22,17 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
+from textual.theme import Theme
 from textual.widgets import Footer
 
+from ..config import load_defaults, save_default
 from ..errors import EdgechatError
 from .figures import model_label, restore_phrase, snapshot_mode
 from .screens.compaction_view import CompactionView
 from .screens.dialogs import ConfirmDelete, RenameDialog
 from .screens.model_picker import ModelPicker
 from .screens.settings import SettingsResult, SettingsScreen, SettingsValues
+from .theme import pick_theme
 from .widgets.chat_log import ChatLog, MessageView, Notice
 from .widgets.conversation_list import ConversationList
 from .widgets.prompt_input import PromptInput
@@ -152,6 +156,7 @@ class EdgechatApp(App[None]):
         self._search = ""
         self._when_idle: list[Callable[[], Any]] = []
         self._quitting = False
+        self._theme_choice = ""
 
     # layout -------------------------------------------------------------------------------
 
@@ -179,6 +184,8 @@ class EdgechatApp(App[None]):
             await self.chat_log.show([])
             return
         rt = self.runtime
+        self.theme = self._theme_choice = pick_theme(rt.defaults.theme, self.available_themes, os.environ)
+        self.theme_changed_signal.subscribe(self, self._remember_theme)
         self.status.update(model=model_label(rt.model_spec), kv_type=_kv_label(rt))
         await self._open_initial()
         if self.autoload and not self.loading:
@@ -204,6 +211,20 @@ class EdgechatApp(App[None]):
         except EdgechatError as exc:
             self.show_error(exc)
         await self.start_new_conversation()
+
+    def _remember_theme(self, theme: Theme) -> None:
+        """A theme picked from the command palette is the theme of the next start too."""
+        rt = self.runtime
+        if rt is None or theme.name == self._theme_choice:
+            return
+        try:
+            save_default(rt.paths, "theme", theme.name)
+        except OSError as exc:
+            self.show_error(
+                EdgechatError(f"could not save the theme: {exc}", "check that the config folder is writable")
+            )
+            return
+        self._theme_choice = theme.name
 
     # errors and notices ---------------------------------------------------------------------
 
@@ -720,17 +741,18 @@ class EdgechatApp(App[None]):
                 record = rt.store.conversation(self.conversation_id)
                 rt.store.update(record.id, settings={**record.settings, **chat})
             if result.as_default:
-                from ..config import load_defaults, save_default
-
-                for key, value in {**chat, "ctx": v.ctx, "kv_type": v.kv_type, "gpu_layers": v.gpu_layers,
+                kv_type = None if v.kv_type == "auto" else v.kv_type  # config.toml's automatic is no key
+                for key, value in {**chat, "ctx": v.ctx, "kv_type": kv_type, "gpu_layers": v.gpu_layers,
                                    "budget_mb": v.budget_mb}.items():  # fmt: skip
-                    if value is not None:  # config.toml has no null: leaving a key out means automatic
-                        save_default(rt.paths, key, value)
+                    save_default(rt.paths, key, value)  # None (automatic) removes the key
                 rt.defaults = load_defaults(rt.paths)
                 rt.system_prompt = v.system_prompt
                 rt.compaction = v.compaction
         except EdgechatError as exc:
             self.show_error(exc)
+            return
+        except OSError as exc:
+            self.show_error(EdgechatError(f"could not save the settings: {exc}", "free some disk space and save again"))
             return
         self.notify("saved as default and for this conversation" if result.as_default else "saved", timeout=3)
         if engine_changed:

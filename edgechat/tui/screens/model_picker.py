@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +14,7 @@ from textual.suggester import Suggester
 from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar
 
 from ...errors import EdgechatError
+from ...registry import Registry, list_models, pull
 from ..figures import model_label
 
 if TYPE_CHECKING:
@@ -40,15 +40,6 @@ class PathSuggester(Suggester):
         if not names:
             return None
         return value + names[0][len(stem) :]
-
-
-def registry_rows(paths: Paths) -> list[dict[str, Any]]:
-    """The registry's entries, or an empty list while the registry module is not installed."""
-    try:
-        from ...registry import Registry, list_models
-    except ImportError:
-        return []
-    return list_models(Registry.load(paths), paths)
 
 
 NOTE_WIDTH = 34
@@ -98,7 +89,7 @@ class ModelPicker(ModalScreen[str | None]):
     def on_mount(self) -> None:
         self.query_one("#progress").display = False
         try:
-            self.rows = registry_rows(self.paths)
+            self.rows = list_models(Registry.load(self.paths), self.paths)
         except EdgechatError as exc:
             self.notify(exc.hint, title=exc.message, severity="error")
         self._fill()
@@ -176,20 +167,13 @@ class ModelPicker(ModalScreen[str | None]):
     @work(thread=True, exit_on_error=False, group="download")
     def _download(self, name: str) -> None:
         """Pull in a thread; progress reaches the bar through call_from_thread."""
-        from ...registry import pull
 
-        def progress(done: int, total: int | None = None) -> None:
+        def progress(done: int, total: int | None) -> None:
             if self.is_attached:
                 self.app.call_from_thread(self.query_one("#progress", ProgressBar).update, total=total, progress=done)
 
-        kwargs: dict[str, Any] = {}
-        params = inspect.signature(pull).parameters
-        for hook in ("progress", "on_progress", "progress_callback"):
-            if hook in params:
-                kwargs[hook] = progress
-                break
         try:
-            pull(name, self.paths, **kwargs)
+            pull(name, self.paths, progress=progress)
         except EdgechatError as exc:
             self.app.call_from_thread(self._download_failed, exc.message, exc.hint)
             return
