@@ -230,7 +230,7 @@ async def test_a_missing_model_is_a_notification_not_a_crash(make_app: Callable[
     async with app.run_test(size=WIDE) as pilot:
         await until(pilot, lambda: any(sev == "error" for sev, _, _ in app.notices))  # type: ignore[attr-defined]
         severity, title, hint = app.notices[-1]  # type: ignore[attr-defined]
-        assert "no such model file" in title and hint
+        assert "no such model file" in title and "Ctrl+O" in hint
         app.prompt.text = "Hello?"
         await pilot.press("enter")
         await until(pilot, lambda: app.turn is None and len(app.notices) >= 2)  # type: ignore[attr-defined]

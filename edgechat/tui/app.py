@@ -588,7 +588,9 @@ class EdgechatApp(App[None]):
             self.status.update(activity="")
         if message.error is not None:
             self.model_ready = False
-            self.show_error(message.error)
+            exc = message.error
+            # Here the way out is a key away, not a command line.
+            self.show_error(EdgechatError(exc.message, f"{exc.hint}; or press Ctrl+O to pick a model".lstrip("; ")))
             self.status.update(ctx_limit=0, kv_bytes=0)
             return
         self.model_ready = True
