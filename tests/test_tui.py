@@ -496,3 +496,15 @@ async def test_the_command_palette_lists_and_runs_the_actions(make_app: Callable
         await pilot.pause(0.3)  # the palette searches asynchronously
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, SettingsScreen), timeout=10)
+
+
+@pytest.mark.asyncio
+async def test_a_long_load_shows_how_long_it_has_taken(make_app: Callable[..., EdgechatApp]) -> None:
+    app = make_app(autoload=False)
+    async with app.run_test(size=WIDE) as pilot:
+        app.status.update(activity="loading qwen3-4b…", activity_since=time.perf_counter() - 3.2)
+        await pilot.pause()
+        assert "loading qwen3-4b… 3 s" in status_text(app)
+        app.status.update(activity="generating…")  # a streaming reply moves by itself
+        await pilot.pause()
+        assert "generating…" in status_text(app) and "generating… 3" not in status_text(app)

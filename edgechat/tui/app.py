@@ -27,6 +27,7 @@ from textual.widgets import Footer
 
 from ..config import load_defaults, save_default
 from ..errors import EdgechatError
+from ..registry import resolve_model
 from .figures import model_label, restore_phrase, snapshot_mode
 from .screens.compaction_view import CompactionView
 from .screens.dialogs import ConfirmDelete, RenameDialog
@@ -561,10 +562,6 @@ class EdgechatApp(App[None]):
 
     def _fetch_model(self, rt: Runtime, spec: str) -> None:
         """Download a registry model before loading it, so the status bar can show the progress."""
-        try:
-            from ..registry import resolve_model
-        except ImportError:
-            return
         last = [0.0]
 
         def progress(done: int, total: int | None) -> None:

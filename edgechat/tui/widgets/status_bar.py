@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -69,7 +70,11 @@ class StatusBar(Widget):
         out: list[tuple[int, Content]] = []
         if f.activity:
             spin = "•" if still else SPINNER[self.frame % len(SPINNER)]
-            out.append((0, Content.from_markup(f"[$warning]{spin} $text[/]", text=f.activity)))
+            text = f.activity
+            waited = time.perf_counter() - f.activity_since
+            if f.activity_since and waited >= 1 and f.activity != "generating…" and not still:
+                text += f" {waited:.0f} s"  # a long load or prefill visibly moves on
+            out.append((0, Content.from_markup(f"[$warning]{spin} $text[/]", text=text)))
         if f.model:
             name = f.model if len(f.model) <= MODEL_WIDTH else f.model[: MODEL_WIDTH - 1] + "…"
             label = name + (f" · {f.kv_type}" if f.kv_type else "")
