@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -39,13 +42,19 @@ def make_app(smollm2: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
     save_default(paths, "temperature", 0.0)
     apps: list[EdgechatApp] = []
 
-    def make(*, max_tokens: int = 40, ctx: int = 1024, model: str | None = None, **kw: Any) -> EdgechatApp:
+    def make(
+        *, max_tokens: int = 40, ctx: int = 1024, model: str | None = None, explicit: bool = True, **kw: Any
+    ) -> EdgechatApp:
+        """`explicit=False`: the model comes from config.toml, as when `edgechat chat` runs without -m."""
         save_default(paths, "max_tokens", max_tokens)
+        if not explicit:
+            save_default(paths, "model", model or str(smollm2))
 
         def make_runtime(on_notice: Callable[[str], None]) -> Runtime:
             return Runtime(
-                model=model or str(smollm2), home=home, ctx=ctx, threads=2, kv_type="f16", on_notice=on_notice
-            )
+                model=(model or str(smollm2)) if explicit else None,
+                home=home, ctx=ctx, threads=2, kv_type="f16", on_notice=on_notice,
+            )  # fmt: skip
 
         app = EdgechatApp(make_runtime, **kw)
         app.notices = []  # type: ignore[attr-defined]
@@ -61,8 +70,7 @@ def make_app(smollm2: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
 
     yield make
     for app in apps:
-        if app.runtime is not None:
-            app.runtime.close()
+        assert app.shut_down(timeout=60), "the llama thread did not finish"
 
 
 async def until(pilot: Pilot[Any], predicate: Callable[[], bool], timeout: float = 90.0) -> None:
@@ -161,7 +169,7 @@ async def test_switching_away_and_back_resumes_from_memory(make_app: Callable[..
         assert app.conversation_id == first
         assert [v.role for v in app.chat_log.message_views()] == ["user", "assistant"]
         await send(pilot, app, "Name another one.")
-        assert app.last_stats is not None and app.last_stats.restored_from in ("memory", "state")
+        assert app.last_stats is not None and app.last_stats.restored_from == "memory"
         assert "resumed from" in status_text(app)
         assert len(stored(app)) == 4
 
@@ -508,3 +516,100 @@ async def test_a_long_load_shows_how_long_it_has_taken(make_app: Callable[..., E
         app.status.update(activity="generating…")  # a streaming reply moves by itself
         await pilot.pause()
         assert "generating…" in status_text(app) and "generating… 3" not in status_text(app)
+
+
+@pytest.mark.asyncio
+async def test_while_a_reply_streams_the_ui_refuses_what_would_disturb_it(make_app: Callable[..., EdgechatApp]) -> None:
+    app = make_app(max_tokens=300)
+    async with app.run_test(size=WIDE) as pilot:
+        await start_long_reply(pilot, app)
+        cid = app.conversation_id
+        for key in ("ctrl+n", "ctrl+s", "ctrl+o", "ctrl+d"):
+            # Straight to the app: pilot.press waits for the CPU to go idle, which it does not while decoding.
+            app.post_message(events.Key(key, None))
+            await asyncio.sleep(0.05)
+        assert app.conversation_id == cid and app.turn is not None and app.screen is app.main_screen
+        assert any(title == "a reply is streaming" for _, title, _ in app.notices)  # type: ignore[attr-defined]
+        await pilot.press("escape")
+        await until(pilot, lambda: app.turn is None)
+        assert [m.role for m in stored(app)] == ["user", "assistant"]
+
+
+@pytest.mark.asyncio
+async def test_a_message_sent_while_a_picked_model_loads_is_answered_by_that_model(
+    make_app: Callable[..., EdgechatApp], smollm2: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other-smol.gguf"
+    try:
+        os.link(smollm2, other)
+    except OSError:
+        shutil.copyfile(smollm2, other)
+    app = make_app(max_tokens=8, explicit=False)  # with -m, every turn would use that model anyway
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: app.model_ready)
+        await pilot.press("ctrl+o")
+        picker = app.screen
+        assert isinstance(picker, ModelPicker)
+        picker.query_one("#path", Input).value = str(other)
+        picker.action_use()  # Enter in the path box; pilot.press would wait for the load to end
+        await asyncio.sleep(0.05)
+        assert app.loading, "the message must go out while the new model is still loading"
+        done = app.last_stats
+        app.prompt.text = "Hi!"
+        app.prompt.post_message(events.Key("enter", "\r"))
+        await until(pilot, lambda: app.turn is None and app.last_stats is not done)
+        assert stored_record(app).model == str(other)
+        assert app.last_stats is not None and app.last_stats.model == other.stem
+
+
+@pytest.mark.asyncio
+async def test_a_conversations_engine_settings_stay_with_it(make_app: Callable[..., EdgechatApp]) -> None:
+    app = make_app(max_tokens=8, ctx=1024)
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: app.model_ready)
+        await send(pilot, app, "Hello.")
+        small = app.conversation_id
+        await pilot.press("ctrl+s")
+        app.screen.query_one("#ctx", Input).value = "512"
+        await pilot.click("#save")
+        await until(pilot, lambda: app.model_ready and app.runtime is not None and app.runtime.ctx == 512)
+        await pilot.press("ctrl+n")  # a new conversation starts from the start-up settings again
+        await until(pilot, lambda: app.model_ready and app.runtime is not None and app.runtime.ctx == 1024)
+        await send(pilot, app, "Hi.")
+        assert app.last_stats is not None and app.last_stats.context_limit == 1024
+        options = app.sidebar.query_one(OptionList)
+        options.focus()
+        options.highlighted = options.get_option_index(small)
+        await pilot.press("enter")
+        await until(pilot, lambda: app.model_ready and app.runtime is not None and app.runtime.ctx == 512)
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_goes_to_a_log(tmp_path: Path) -> None:
+    from edgechat.tui.app import as_error
+
+    try:
+        raise ValueError("bad thing")
+    except ValueError as exc:
+        error = as_error(exc, tmp_path / "logs" / "chat-errors.log")
+    assert error.message == "ValueError: bad thing"
+    assert str(tmp_path / "logs" / "chat-errors.log") in error.hint
+    log = (tmp_path / "logs" / "chat-errors.log").read_text()
+    assert "Traceback" in log and 'raise ValueError("bad thing")' in log
+
+
+@pytest.mark.asyncio
+async def test_shutting_down_mid_reply_stops_it_stores_it_and_closes_the_runtime(
+    make_app: Callable[..., EdgechatApp],
+) -> None:
+    app = make_app(max_tokens=300)
+    async with app.run_test(size=WIDE) as pilot:
+        await start_long_reply(pilot, app)
+        cid = app.conversation_id
+        rt = app.runtime
+    # The UI is gone with the reply still streaming; `edgechat chat` shuts down like this.
+    t0 = time.perf_counter()
+    assert app.shut_down(timeout=30)
+    assert time.perf_counter() - t0 < 10, "the reply stops at its next token"
+    assert rt is not None and rt.engine is None
+    with Runtime(model="unused", home=rt.paths.data_dir) as check:
+        assert cid is not None and check.conversation(cid).messages()[-1].partial

@@ -1,22 +1,27 @@
 """The Textual app: conversations on the left, the chat in the middle, live figures at the bottom.
 
 It is a view over `edgechat.session`: every turn, load and delete goes through `Runtime` and
-`Conversation`. Anything that touches llama.cpp runs in a thread worker holding `engine_lock`,
-so the UI keeps handling keys while a model loads or a reply streams.
+`Conversation`. Anything that touches llama.cpp (loads, turns, deletes, GPU memory probes)
+runs on one long-lived thread, `EdgechatApp.llama_thread`, and reports back by message, so
+the UI keeps handling keys while a model loads or a reply streams.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from textual import on, work
+from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -27,6 +32,7 @@ from textual.widgets import Footer
 
 from ..config import load_defaults, save_default
 from ..errors import EdgechatError
+from ..memory import MemorySnapshot, probe
 from ..registry import resolve_model
 from .figures import model_label, restore_phrase, snapshot_mode
 from .screens.compaction_view import CompactionView
@@ -41,9 +47,12 @@ from .widgets.status_bar import StatusBar
 
 if TYPE_CHECKING:
     from ..session import Reply, Runtime, TurnStats
+    from ..store import ConversationRecord
 
 MakeRuntime = Callable[[Callable[[str], None]], "Runtime"]
+ENGINE_ATTRS = ("ctx", "type_k", "type_v", "gpu_layers", "budget_mb")  # Runtime attributes a reload may change
 MEMORY_PROBE_S = 2.0
+QUIT_WAIT_S = 30.0  # how long a quit waits for a model load (or a stuck llama.cpp call)
 # Actions that only make sense on the chat screen, not under a dialog.
 MAIN_ONLY = frozenset(
     {"new_conversation", "rename", "delete", "pick_model", "settings", "show_compaction", "focus_search",
@@ -65,13 +74,24 @@ class ActiveTurn:
     restored: dict[str, Any] = field(default_factory=dict)
 
 
-def as_error(exc: BaseException) -> EdgechatError:
-    """Whatever went wrong, as a message plus a fix the user can act on (never a traceback)."""
+def as_error(exc: BaseException, log: Path | None = None) -> EdgechatError:
+    """Whatever went wrong, as a message plus a fix the user can act on (never a traceback on screen).
+
+    An unexpected exception's traceback goes to `log`, and the hint names that file.
+    """
     if isinstance(exc, EdgechatError):
         return exc
     if isinstance(exc, MemoryError):
-        return EdgechatError("out of memory", "use a smaller model, a smaller --ctx, or --kv-type q8_0")
-    return EdgechatError(f"{type(exc).__name__}: {exc}", "run `edgechat --debug chat` to see the details")
+        return EdgechatError("out of memory", "use a smaller model, a smaller context, or KV type q8_0 (Ctrl+S)")
+    if log is not None:
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a", encoding="utf-8") as fh:
+                fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n{''.join(traceback.format_exception(exc))}")
+        except OSError:
+            log = None
+    where = f"the details are in {log}" if log is not None else "run `edgechat --debug chat` to see the details"
+    return EdgechatError(f"{type(exc).__name__}: {exc}", where)
 
 
 class EdgechatApp(App[None]):
@@ -127,8 +147,15 @@ class EdgechatApp(App[None]):
             self.done = done
             self.total = total
 
+    class JobDone(Message):
+        def __init__(self, then: Callable[[Any, EdgechatError | None], Any], result: Any, error: EdgechatError | None):
+            super().__init__()
+            self.then = then
+            self.result = result
+            self.error = error
+
     class MemoryProbed(Message):
-        def __init__(self, snapshot: Any) -> None:
+        def __init__(self, snapshot: MemorySnapshot) -> None:
             super().__init__()
             self.snapshot = snapshot
 
@@ -142,11 +169,16 @@ class EdgechatApp(App[None]):
         self.autoload = autoload
         self.runtime: Runtime | None = None
         self.conversation_id: str | None = None
-        self.engine_lock = threading.Lock()
-        # Every llama.cpp call runs on this one long-lived thread. ggml's CPU backend decodes
-        # 30-40 % slower once several OS threads have driven it, and Textual gives each thread
-        # worker a new thread (measured with scripts/bench_tui.py).
+        # Every llama.cpp call runs on this one long-lived thread, in submission order. ggml's CPU
+        # backend decodes 30-40 % slower once several OS threads have driven it, and Textual gives
+        # each thread worker a new thread (measured with scripts/bench_tui.py).
         self.llama_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgechat-llama")
+        self.closing = threading.Event()  # set on quit: a download in progress gives up (and resumes next time)
+        self._loads_pending = 0
+        self._loading_spec: str | None = None  # the model a queued load will bring: new conversations get it
+        self._probe_pending = False
+        self._runtime_closing: Future[None] | None = None  # the runtime's close, once shut_down has queued it
+        self._base_engine: dict[str, Any] = {}
         self.turn: ActiveTurn | None = None
         self.loading = False
         self.last_reply = ""
@@ -180,11 +212,14 @@ class EdgechatApp(App[None]):
         try:
             self.runtime = self.make_runtime(self._core_notice)
         except Exception as exc:  # noqa: BLE001 - a bad config must not take the UI down
-            self.show_error(as_error(exc))
+            self.show_error(self.as_error(exc))
             self.status.update(activity="", model="no runtime")
             await self.chat_log.show([])
             return
         rt = self.runtime
+        # What a conversation without engine settings of its own runs with: the command line's
+        # and config.toml's choices, not those of the conversation opened before it.
+        self._base_engine = {key: getattr(rt, key) for key in ENGINE_ATTRS}
         self.theme = self._theme_choice = pick_theme(rt.defaults.theme, self.available_themes, os.environ)
         self.theme_changed_signal.subscribe(self, self._remember_theme)
         self.status.update(model=model_label(rt.model_spec), kv_type=_kv_label(rt))
@@ -228,6 +263,10 @@ class EdgechatApp(App[None]):
         self._theme_choice = theme.name
 
     # errors and notices ---------------------------------------------------------------------
+
+    def as_error(self, exc: BaseException) -> EdgechatError:
+        rt = self.runtime
+        return as_error(exc, rt.paths.data_dir / "logs" / "chat-errors.log" if rt is not None else None)
 
     def show_error(self, exc: EdgechatError) -> None:
         self.notify(exc.hint or " ", title=exc.message, severity="error", timeout=12)
@@ -278,6 +317,11 @@ class EdgechatApp(App[None]):
         await self.chat_log.show([])
         self.status.update(ctx_used=0, restore="", ttft_s=None, tokens_per_s=None)
         self.refresh_sidebar()
+        rt = self.runtime
+        if rt is not None and self.autoload and self._base_engine:
+            wanted = _engine_overrides(rt, {}, self._base_engine)  # not the last conversation's own settings
+            if wanted:
+                self.load_model(overrides=wanted)
 
     def _apply_conversation_engine(self, settings: dict[str, Any], model: str) -> None:
         """A conversation may carry its own engine settings or model: load them before its next turn."""
@@ -286,7 +330,7 @@ class EdgechatApp(App[None]):
             return
         if rt.explicit_model:  # `chat -m NAME` beats the model a conversation was started with
             model = rt.model_spec
-        wanted = _engine_overrides(rt, settings)
+        wanted = _engine_overrides(rt, settings, self._base_engine)
         if wanted:
             self.load_model(spec=model, overrides=wanted)
         elif rt.engine is not None and model not in (rt.model_spec, rt.model_name):
@@ -303,6 +347,8 @@ class EdgechatApp(App[None]):
             await self.open_conversation(message.conversation_id)
         except EdgechatError as exc:
             self.show_error(exc)
+        if self.main_screen.has_class("-narrow"):
+            self.main_screen.remove_class("-sidebar-open")  # on 80 columns the chat needs the room back
         self.prompt.focus()
 
     @on(ConversationList.Search)
@@ -332,19 +378,37 @@ class EdgechatApp(App[None]):
         else:
             self._when_idle.append(fn)
 
-    def _rename(self, cid: str | None) -> None:
+    def _record(self, cid: str | None) -> ConversationRecord | None:
+        """The stored conversation, or None with a notification (e.g. deleted from the CLI meanwhile)."""
         rt = self.runtime
         if rt is None or cid is None:
+            return None
+        try:
+            return rt.store.conversation(cid)
+        except EdgechatError as exc:
+            self.show_error(exc)
+            self.refresh_sidebar()
+            return None
+
+    def _rename(self, cid: str | None) -> None:
+        if cid is None:
             self.notify("send a message first: a new conversation is saved with its first turn")
             return
-        record = rt.store.conversation(cid)
+        record = self._record(cid)
+        if record is None:
+            return
 
         def done(title: str | None) -> None:
             if not title:
                 return
 
             def rename() -> None:
-                rt.store.rename(record.id, title)
+                if self.runtime is None:
+                    return
+                try:
+                    self.runtime.store.rename(record.id, title)
+                except EdgechatError as exc:
+                    self.show_error(exc)
                 self.refresh_sidebar()
 
             self._idle(rename)
@@ -352,28 +416,49 @@ class EdgechatApp(App[None]):
         self.push_screen(RenameDialog(record.title), done)
 
     def _delete(self, cid: str | None) -> None:
-        rt = self.runtime
-        if rt is None or cid is None:
-            return
         if self._busy("delete"):
             return
-        record = rt.store.conversation(cid)
+        record = self._record(cid)
+        if record is None:
+            return
 
-        async def done(confirmed: bool | None) -> None:
-            if not confirmed:
+        def done(confirmed: bool | None) -> None:
+            rt = self.runtime
+            if not confirmed or rt is None:
                 return
-            try:
-                rt.delete_conversation(record.id)
-            except EdgechatError as exc:
-                self.show_error(exc)
-                return
-            self.notify(f"deleted “{record.title}”")
-            if record.id == self.conversation_id:
-                await self.start_new_conversation()
-            else:
-                self.refresh_sidebar()
+
+            async def deleted(_result: object, error: EdgechatError | None) -> None:
+                if error is not None:
+                    self.show_error(error)
+                    return
+                self.notify(f"deleted “{record.title}”")
+                if record.id == self.conversation_id:
+                    await self.start_new_conversation()
+                else:
+                    self.refresh_sidebar()
+
+            # On the llama thread: a delete waits for another process's turn on that conversation,
+            # and it drops the conversation's KV state from the RAM cache that thread uses.
+            self.on_llama_thread(lambda: rt.delete_conversation(record.id), deleted)
 
         self.push_screen(ConfirmDelete(record.title), done)
+
+    def on_llama_thread(self, job: Callable[[], object], then: Callable[[Any, EdgechatError | None], Any]) -> None:
+        """Run `job` on the llama thread; `then(result, error)` runs on the UI thread afterwards."""
+
+        def run() -> None:
+            try:
+                result, error = job(), None
+            except BaseException as exc:  # noqa: BLE001 - reported through `then`
+                result, error = None, self.as_error(exc)
+            self.post_message(self.JobDone(then, result, error))
+
+        self.llama_thread.submit(run)
+
+    async def on_edgechat_app_job_done(self, message: JobDone) -> None:
+        outcome = message.then(message.result, message.error)
+        if inspect.isawaitable(outcome):
+            await outcome
 
     # sending --------------------------------------------------------------------------------
 
@@ -391,7 +476,7 @@ class EdgechatApp(App[None]):
             return None
         if self.conversation_id is None:
             try:
-                conv = rt.new_conversation(model=rt.model_spec)
+                conv = rt.new_conversation(model=self._loading_spec or rt.model_spec)
                 if self._pending_settings:
                     rt.store.update(conv.id, settings={**conv.record.settings, **self._pending_settings})
             except EdgechatError as exc:
@@ -416,35 +501,30 @@ class EdgechatApp(App[None]):
         self.chat_log.scroll_end(animate=False)
         self.refresh_bindings()
         self.prompt.cursor_blink = False  # each blink is a repaint, and every repaint slows the decode
-        self.generate(turn)
+        self.llama_thread.submit(self._generate, turn)
         return turn
 
-    @work(thread=True, exit_on_error=False, group="engine")
-    def generate(self, turn: ActiveTurn) -> None:
-        """Run the turn pipeline; pieces go to the view's buffer, events and the result by message."""
-        self.llama_thread.submit(self._generate, turn).result()
-
     def _generate(self, turn: ActiveTurn) -> None:
-        with self.engine_lock:
-            rt = self.runtime
-            assert rt is not None
-            try:
-                stream = rt.conversation(turn.conversation_id).stream(turn.text, stop=turn.stop)
+        """On the llama thread: run the turn pipeline; pieces go to the view's buffer, the rest by message."""
+        rt = self.runtime
+        assert rt is not None
+        try:
+            stream = rt.conversation(turn.conversation_id).stream(turn.text, stop=turn.stop)
 
-                def on_event(kind: str, data: Any) -> None:
-                    self.post_message(self.TurnEvent(turn, kind, data))
+            def on_event(kind: str, data: Any) -> None:
+                self.post_message(self.TurnEvent(turn, kind, data))
 
-                stream.on_event = on_event
-                first = True
-                for piece in stream:
-                    turn.view.feed(piece)
-                    if first:
-                        first = False
-                        self.post_message(self.TurnEvent(turn, "first_token", None))
-                kv = rt.engine.kv_bytes() if rt.engine is not None else 0
-                self.post_message(self.TurnFinished(turn, stream.reply, kv, None))
-            except BaseException as exc:  # noqa: BLE001 - every failure becomes a notification
-                self.post_message(self.TurnFinished(turn, None, 0, as_error(exc)))
+            stream.on_event = on_event
+            first = True
+            for piece in stream:
+                turn.view.feed(piece)
+                if first:
+                    first = False
+                    self.post_message(self.TurnEvent(turn, "first_token", None))
+            kv = rt.engine.kv_bytes() if rt.engine is not None else 0
+            self.post_message(self.TurnFinished(turn, stream.reply, kv, None))
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a notification
+            self.post_message(self.TurnFinished(turn, None, 0, self.as_error(exc)))
 
     async def on_edgechat_app_turn_event(self, message: TurnEvent) -> None:
         turn = message.turn
@@ -452,9 +532,6 @@ class EdgechatApp(App[None]):
             turn.restored = dict(message.data)
             if not turn.stop.is_set():
                 self.status.update(activity="thinking…")
-            if self.loading:
-                self.loading = False
-                self._model_status()
         elif message.kind == "first_token":
             if not turn.stop.is_set():
                 self.status.update(activity="generating…")
@@ -465,8 +542,11 @@ class EdgechatApp(App[None]):
         turn = message.turn
         self.status.update(activity="")
         if message.error is not None:
-            await turn.view.finish(partial=True)
-            if not turn.view.text:
+            await turn.view.finish()
+            if turn.view.text:
+                turn.view.fail("not saved")  # unlike a stopped reply, nothing of this turn was stored
+                turn.view.message_id = -1
+            else:
                 await turn.view.remove()
             turn.user_view.message_id = -1  # not stored: keep it out of id matching
             turn.user_view.add_class("-error")
@@ -523,41 +603,38 @@ class EdgechatApp(App[None]):
             return
         self.loading = True
         self.model_ready = False
-        name = model_label(spec or rt.model_spec)
+        self._loads_pending += 1
+        self._loading_spec = spec or self._loading_spec or rt.model_spec
+        name = model_label(self._loading_spec)
         self.status.update(activity=f"loading {name}…", activity_since=time.perf_counter())
-        self._load(spec, overrides)
-
-    @work(thread=True, exit_on_error=False, group="engine")
-    def _load(self, spec: str | None, overrides: dict[str, Any] | None) -> None:
-        self.llama_thread.submit(self._load_now, spec, overrides).result()
+        self.llama_thread.submit(self._load_now, spec, overrides)
 
     def _load_now(self, spec: str | None, overrides: dict[str, Any] | None) -> None:
+        """On the llama thread: rebuild the runtime if engine settings changed, fetch the model, load it."""
         t0 = time.perf_counter()
         retired: Runtime | None = None
-        with self.engine_lock:
-            try:
-                if overrides is not None:
-                    old = self.runtime
-                    assert old is not None
-                    fresh = self.make_runtime(self._core_notice)
-                    fresh.model_spec = spec or old.model_spec
-                    fresh.explicit_model = old.explicit_model
-                    for key, value in overrides.items():
-                        setattr(fresh, key, value)
-                    if old.engine is not None:  # free its memory before the new context is allocated
-                        old.engine.close()
-                        old.engine = None
-                    # Swapped under the lock: a turn queued behind this load must see the new runtime.
-                    # Only now is the old one retired (closed): until the swap it is still in use.
-                    self.runtime, retired = fresh, old
-                rt = self.runtime
-                assert rt is not None
-                self._fetch_model(rt, spec or rt.model_spec)
-                engine = rt.load(spec)
-                kv = engine.kv_bytes()
-            except BaseException as exc:  # noqa: BLE001 - shown as a notification
-                self.post_message(self.ModelLoaded(time.perf_counter() - t0, 0, as_error(exc), retired))
-                return
+        try:
+            if overrides is not None:
+                old = self.runtime
+                assert old is not None
+                fresh = self.make_runtime(self._core_notice)
+                fresh.model_spec = spec or old.model_spec
+                fresh.explicit_model = old.explicit_model
+                for key, value in overrides.items():
+                    setattr(fresh, key, value)
+                if old.engine is not None:  # free its memory before the new context is allocated
+                    old.engine.close()
+                    old.engine = None
+                # A turn queued behind this load must see the new runtime. The old one is closed
+                # on the UI thread, which may still be reading its store until then.
+                self.runtime, retired = fresh, old
+            rt = self.runtime
+            assert rt is not None
+            self._fetch_model(rt, spec or rt.model_spec)
+            kv = rt.load(spec).kv_bytes()
+        except BaseException as exc:  # noqa: BLE001 - shown as a notification
+            self.post_message(self.ModelLoaded(time.perf_counter() - t0, 0, self.as_error(exc), retired))
+            return
         self.post_message(self.ModelLoaded(time.perf_counter() - t0, kv, None, retired))
 
     def _fetch_model(self, rt: Runtime, spec: str) -> None:
@@ -565,6 +642,8 @@ class EdgechatApp(App[None]):
         last = [0.0]
 
         def progress(done: int, total: int | None) -> None:
+            if self.closing.is_set():
+                raise EdgechatError("download stopped on quit", "it resumes where it left off next time")
             now = time.perf_counter()
             if now - last[0] >= 0.2 or (total and done >= total):
                 last[0] = now
@@ -580,7 +659,11 @@ class EdgechatApp(App[None]):
     def on_edgechat_app_model_loaded(self, message: ModelLoaded) -> None:
         if message.retired is not None:
             message.retired.close()
+        self._loads_pending -= 1
+        if self._loads_pending:
+            return  # another load is queued behind this one: its outcome is the one that counts
         self.loading = False
+        self._loading_spec = None
         if self.turn is None:
             self.status.update(activity="")
         if message.error is not None:
@@ -609,24 +692,32 @@ class EdgechatApp(App[None]):
 
     # memory ---------------------------------------------------------------------------------
 
-    @work(thread=True, exit_on_error=False, group="probe", exclusive=True)
     def probe_memory(self) -> None:
-        try:
-            from ..memory import probe
-        except ImportError:
+        """Every MEMORY_PROBE_S: RAM and GPU memory, read on the llama thread (the GPU side asks ggml).
+
+        Queued behind a streaming reply, a probe lands when the turn ends; the figures hold still
+        meanwhile, as llama.cpp allocates nothing during a turn.
+        """
+        if self._probe_pending or self.closing.is_set():
             return
+        self._probe_pending = True
+        self.llama_thread.submit(self._probe_now)
+
+    def _probe_now(self) -> None:
         try:
             snapshot = probe()
         except Exception:  # noqa: BLE001 - a failed probe only leaves the figures stale
             return
+        finally:
+            self._probe_pending = False
         self.post_message(self.MemoryProbed(snapshot))
 
     def on_edgechat_app_memory_probed(self, message: MemoryProbed) -> None:
         snap = message.snapshot
-        gpus = tuple(getattr(snap, "gpus", ()) or ())
+        gpus = () if snap.unified else snap.gpus  # Apple's GPU shares the RAM already shown
         self.status.update(
-            rss_bytes=getattr(snap, "process_rss", 0),
-            ram_total=getattr(snap, "ram_total", 0),
+            rss_bytes=snap.process_rss,
+            ram_total=snap.ram_total,
             vram_used=sum(g.used for g in gpus),
             vram_total=sum(g.total for g in gpus),
         )
@@ -679,10 +770,10 @@ class EdgechatApp(App[None]):
 
     def action_show_compaction(self) -> None:
         rt = self.runtime
-        if rt is None or self.conversation_id is None:
+        if rt is None or self.conversation_id is None or self._record(self.conversation_id) is None:
             self.notify("nothing has been compacted in this conversation")
             return
-        self.push_screen(CompactionView(rt.conversation(self.conversation_id).messages()))
+        self.push_screen(CompactionView(rt.store.messages(self.conversation_id)))
 
     def action_pick_model(self) -> None:
         rt = self.runtime
@@ -690,10 +781,13 @@ class EdgechatApp(App[None]):
             return
 
         def chosen(spec: str | None) -> None:
-            if not spec or rt is not self.runtime:
+            if not spec or self.runtime is None:
                 return
             if self.conversation_id is not None:
-                rt.store.update(self.conversation_id, model=spec)
+                try:
+                    self.runtime.store.update(self.conversation_id, model=spec)
+                except EdgechatError as exc:
+                    self.show_error(exc)
             self.load_model(spec=spec)
 
         self.push_screen(ModelPicker(rt.paths, rt.model_spec), chosen)
@@ -702,7 +796,9 @@ class EdgechatApp(App[None]):
         rt = self.runtime
         if rt is None or self._busy("change settings"):
             return
-        record = rt.store.conversation(self.conversation_id) if self.conversation_id else None
+        record = self._record(self.conversation_id)
+        if self.conversation_id is not None and record is None:
+            return
         stored = record.settings if record else self._pending_settings
         d = rt.defaults
         values = SettingsValues(
@@ -745,6 +841,7 @@ class EdgechatApp(App[None]):
                                    "budget_mb": v.budget_mb}.items():  # fmt: skip
                     save_default(rt.paths, key, value)  # None (automatic) removes the key
                 rt.defaults = load_defaults(rt.paths)
+                self._base_engine = _runtime_overrides(v.ctx, v.kv_type, v.gpu_layers, v.budget_mb)
                 rt.system_prompt = v.system_prompt
                 rt.compaction = v.compaction
         except EdgechatError as exc:
@@ -766,6 +863,25 @@ class EdgechatApp(App[None]):
             self.set_timer(20, self.exit)  # a stop lands within one token; never hang on a stuck worker
             return
         self.exit()
+
+    def shut_down(self, timeout: float = QUIT_WAIT_S) -> bool:
+        """After the UI has gone: end what the llama thread is doing, then close the runtime there.
+
+        A reply stops at its next token and a download at its next chunk; a load cannot be cut
+        short. False when the llama thread was still busy after `timeout` seconds.
+        """
+        if self._runtime_closing is None:
+            self.closing.set()
+            if self.turn is not None:
+                self.turn.stop.set()
+            rt = self.runtime
+            self._runtime_closing = self.llama_thread.submit(rt.close if rt is not None else lambda: None)
+            self.llama_thread.shutdown(wait=False)
+        try:
+            self._runtime_closing.result(timeout=timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -810,14 +926,18 @@ def _runtime_overrides(ctx: int | None, kv_type: str, gpu_layers: str, budget_mb
     }
 
 
-def _engine_overrides(rt: Runtime, settings: dict[str, Any]) -> dict[str, Any]:
-    """The engine settings a conversation stored that differ from the runtime's (empty: no reload)."""
-    if not any(k in settings for k in ("ctx", "kv_type", "gpu_layers", "budget_mb")):
-        return {}
-    wanted = _runtime_overrides(
-        settings.get("ctx"), str(settings.get("kv_type", rt.type_k or "auto")),
-        str(settings.get("gpu_layers", rt.gpu_layers)), settings.get("budget_mb"),
-    )  # fmt: skip
+def _engine_overrides(rt: Runtime, settings: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The engine settings a conversation needs that the runtime lacks (empty: no reload).
+
+    Its own stored ones, else `base` (the start-up settings).
+    """
+    if any(k in settings for k in ("ctx", "kv_type", "gpu_layers", "budget_mb")):
+        wanted = _runtime_overrides(
+            settings.get("ctx"), str(settings.get("kv_type", rt.type_k or "auto")),
+            str(settings.get("gpu_layers", rt.gpu_layers)), settings.get("budget_mb"),
+        )  # fmt: skip
+    else:
+        wanted = dict(base)
     current = {k: getattr(rt, k) for k in wanted}
     if str(current["gpu_layers"]) == str(wanted["gpu_layers"]):
         wanted["gpu_layers"] = current["gpu_layers"]
@@ -837,18 +957,13 @@ def _compaction_text(result: Any) -> str:
 
 
 def run_app(make_runtime: MakeRuntime, conversation: str | None = None, cont: bool = False) -> None:
-    """Entry point for `edgechat chat`: run the UI, then close the runtime once no worker uses it."""
+    """Entry point for `edgechat chat`: run the UI, then close the runtime on the llama thread."""
     app = EdgechatApp(make_runtime, conversation=conversation, cont=cont)
     try:
         app.run()
     finally:
-        rt = app.runtime
-        if rt is not None:
-            # A load or turn may still be finishing in its thread: let it release the engine first.
-            got = app.engine_lock.acquire(timeout=30)
-            try:
-                rt.close()
-            finally:
-                if got:
-                    app.engine_lock.release()
-        app.llama_thread.shutdown(wait=False)
+        if not app.shut_down():
+            # SQLite and the state files are written atomically: leaving now loses nothing stored.
+            sys.stderr.write(f"edgechat: llama.cpp was still busy {QUIT_WAIT_S:.0f} s after quitting; leaving anyway\n")
+            sys.stderr.flush()
+            os._exit(1)
