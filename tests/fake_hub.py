@@ -213,3 +213,20 @@ def tiny_gguf(path: Path, tensor_bytes: int = 4096) -> bytes:
     writer.write_tensors_to_file()
     writer.close()
     return path.read_bytes()
+
+
+def register_on_hub(
+    registry: Path, name: str, repo: str, file: str, sha256: str, *, quant: str = "F32", context_length: int = 256
+) -> None:
+    """Write a user models.toml whose one entry, `name`, is `file` in `repo` on the fake hub."""
+    registry.write_text(
+        f"""
+[models.{name}]
+repo = "{repo}"
+default_quant = "{quant}"
+context_length = {context_length}
+note = "a model on the fake hub"
+files.{quant} = {{ file = "{file}", sha256 = "{sha256}" }}
+""",
+        encoding="utf-8",
+    )

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fake_hub import FakeHub, tiny_gguf  # noqa: E402
+from fake_hub import FakeHub, register_on_hub, tiny_gguf  # noqa: E402
 
 from edgechat.config import Paths, resolve_paths  # noqa: E402
 from edgechat.errors import ModelError  # noqa: E402
@@ -51,17 +51,7 @@ def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
 
 
 def register(paths: Paths, sha256: str, name: str = "tiny", file: str = FILE) -> None:
-    paths.user_registry.write_text(
-        f"""
-[models.{name}]
-repo = "{REPO}"
-default_quant = "F32"
-context_length = 256
-note = "a fake model on the fake hub"
-files.F32 = {{ file = "{file}", sha256 = "{sha256}" }}
-""",
-        encoding="utf-8",
-    )
+    register_on_hub(paths.user_registry, name, REPO, file, sha256)
 
 
 def no_leftovers(paths: Paths) -> list[Path]:

@@ -25,7 +25,7 @@ from edgechat.tui.screens.settings import SettingsScreen
 from edgechat.tui.widgets.chat_log import Notice
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_hub import FakeHub  # noqa: E402
+from fake_hub import FakeHub, register_on_hub  # noqa: E402
 
 WIDE = (100, 30)  # wide enough for the sidebar
 LONG_PROMPT = (
@@ -400,17 +400,10 @@ async def test_the_model_picker_downloads_with_progress_then_chats_with_the_mode
     paths.config_dir.mkdir(parents=True, exist_ok=True)
     with FakeHub() as hub:
         sha256 = hub.add("edgechat-test/smol-GGUF", "smol-q4_1.gguf", data)
-        paths.user_registry.write_text(
-            f"""
-[models.smol-hub]
-repo = "edgechat-test/smol-GGUF"
-default_quant = "Q4_1"
-context_length = 8192
-note = "SmolLM2 on the fake hub"
-files.Q4_1 = {{ file = "smol-q4_1.gguf", sha256 = "{sha256}" }}
-""",
-            encoding="utf-8",
-        )
+        register_on_hub(
+            paths.user_registry, "smol-hub", "edgechat-test/smol-GGUF", "smol-q4_1.gguf", sha256,
+            quant="Q4_1", context_length=8192,
+        )  # fmt: skip
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         app = make_app(autoload=False)
