@@ -493,7 +493,7 @@ def models_info(
 def plan(
     model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
     gpu_layers: GpuOpt = None, budget_mb: BudgetOpt = None,
-    swa_full: Annotated[bool, typer.Option("--swa-full/--no-swa-full", help="Full-size sliding-window cache.")] = True,
+    swa_full: Annotated[bool, typer.Option("--swa-full/--no-swa-full", help="Full-size sliding-window cache (more memory; not needed for exact resume).")] = False,
     json_out: JsonOpt = False,
 ) -> None:  # fmt: skip
     """Predict memory use from the GGUF header and pick the largest context that fits."""

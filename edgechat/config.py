@@ -78,7 +78,7 @@ class EngineSettings:
     threads: int | None = None
     n_batch: int = 512
     n_ubatch: int = 512
-    swa_full: bool = True
+    swa_full: bool = False
     seed: int = 0
 
     @property

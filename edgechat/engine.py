@@ -53,6 +53,37 @@ class GenerationStats:
     token_latencies_s: tuple[float, ...] = field(default=(), repr=False)
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A snapshot of the part of the cache that cannot be trimmed, taken after `n_tokens` tokens.
+
+    llama.cpp's "context checkpoint" (`llama_state_seq_get_data_ext`, PARTIAL_ONLY): the
+    recurrent state of a hybrid/recurrent model, or the sliding-window cells of an SWA model.
+    Loaded over a full state and followed by a trim to `n_tokens`, it rewinds the cache exactly
+    where a plain trim cannot. `load` returns the bytes (kept in RAM, or read and verified
+    from a file only when used) and raises StateError when they are damaged or gone.
+    """
+
+    n_tokens: int
+    pos_min: int
+    pos_max: int
+    size: int
+    load: Callable[[], bytes] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Rewind:
+    """How the cache was brought back to a prefix of the next prompt.
+
+    how: "none" (the cache is a prefix already), "trim" (tail removed in place),
+    "checkpoint" (restored from a checkpoint, then trimmed) or "clear" (nothing reusable).
+    """
+
+    kept: int
+    how: str
+    problem: str | None = None
+
+
 _LOG: deque[str] = deque(maxlen=4000)
 _log_callback: Any = None
 
@@ -180,6 +211,18 @@ class Engine:
         self._vocab = self.llm._model.vocab
         self._piece = ctypes.create_string_buffer(64)
         self._memory = llama_cpp.llama_get_memory(self.llm._ctx.ctx)
+        model = self.llm._model.model
+        self.n_swa = int(llama_cpp.llama_model_n_swa(model))
+        if llama_cpp.llama_model_is_recurrent(model):
+            self.kind = "recurrent"
+        elif llama_cpp.llama_model_is_hybrid(model):
+            self.kind = "hybrid"
+        elif self.n_swa > 0:
+            self.kind = "swa"
+        else:
+            self.kind = "dense"
+        # Snapshots of the untrimmable part of the cache, each at a prefix of cached_tokens.
+        self.checkpoints: list[Checkpoint] = []
         template = self.info.chat_template
         self.has_chat_template = template is not None
         self._template = _compile_template(template or FALLBACK_TEMPLATE)
@@ -233,8 +276,8 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - jinja raises many types
             raise ModelError(f"the model's chat template failed: {exc}", "use --raw for plain completion") from exc
 
-    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        return self.tokenize(self.render(messages))
+    def chat_tokens(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
+        return self.tokenize(self.render(messages, add_generation_prompt=add_generation_prompt))
 
     # the KV cache ---------------------------------------------------------------------
 
@@ -254,25 +297,104 @@ class Engine:
             n += 1
         return n
 
-    def truncate(self, n: int) -> None:
-        """Keep the first n cached tokens; drop the rest from the KV cache."""
+    @property
+    def uses_checkpoints(self) -> bool:
+        """Dense caches trim exactly (and a PARTIAL_ONLY snapshot would copy all of them)."""
+        return self.kind != "dense"
+
+    def _pos_min(self) -> int:
+        return int(self._lc.llama_memory_seq_pos_min(self._memory, 0))
+
+    def _trim(self, n: int) -> bool:
+        """Drop cached tokens from n on; True only when the kept prefix is exactly what a prefill gives.
+
+        `seq_rm` alone cannot be trusted: recurrent state refuses a partial tail (False), and
+        an SWA cache says True even when the window cells the next token needs are gone
+        (llama-kv-cache-iswa.cpp seq_rm; the cells left are [pos_min, n)). The token at
+        position n attends to positions > n - n_swa, so those must all be present.
+        """
+        if not self._lc.llama_memory_seq_rm(self._memory, 0, n, -1):
+            return False
+        if self.kind == "swa":
+            pos_min = self._pos_min()  # -1: the window is empty, all of it is gone
+            if pos_min < 0 or pos_min > max(0, n - self.n_swa + 1):
+                return False
+        self.llm.n_tokens = n
+        return True
+
+    def rewind(self, n: int) -> Rewind:
+        """Bring the cache back to its first n tokens (or fewer): trim, else checkpoint, else clear."""
         with self.lock:
             n = max(0, min(n, self.n_cached))
-            if n == 0:
-                self.clear()
-                return
-            if not self._lc.llama_memory_seq_rm(self._memory, 0, n, -1):
-                self.clear()
-                return
-            self.llm.n_tokens = n
+            if n == self.n_cached:
+                return Rewind(n, "none")
+            if n > 0 and self._trim(n):
+                self._drop_checkpoints_after(n)
+                return Rewind(n, "trim")
+            problem = None
+            for ck in reversed(self.checkpoints):
+                if ck.n_tokens > n or ck.n_tokens == 0:
+                    continue
+                try:
+                    if self._apply(ck):
+                        self._drop_checkpoints_after(ck.n_tokens)
+                        return Rewind(ck.n_tokens, "checkpoint")
+                    problem = f"llama.cpp refused the checkpoint at {ck.n_tokens} tokens"
+                except StateError as exc:
+                    problem = exc.message
+            self.clear()
+            return Rewind(0, "clear", problem)
+
+    def prepare(self, prompt: Sequence[int]) -> Rewind:
+        """Make the cache a prefix of `prompt`, keeping as much as is exact.
+
+        At least the last prompt token is always left to evaluate: its logits start the reply
+        (state files and checkpoints hold no logits).
+        """
+        keep = min(self.common_prefix(prompt), len(prompt) - 1)
+        return self.rewind(keep)
+
+    def _apply(self, ck: Checkpoint) -> bool:
+        """Load a checkpoint over the live cache and trim to it (llama-server's restore recipe)."""
+        data = ck.load()
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        flags = self._lc.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
+        if not self._lc.llama_state_seq_set_data_ext(self.llm._ctx.ctx, buf, len(data), 0, flags):
+            return False
+        # The untrimmable part now ends at ck.n_tokens, so the tail removal succeeds.
+        return self._trim(ck.n_tokens)
+
+    def snapshot(self) -> Checkpoint:
+        """A checkpoint of the cache as it is now (call between decodes, at a token boundary)."""
+        with self.lock:
+            ctx = self.llm._ctx.ctx
+            flags = self._lc.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
+            size = self._lc.llama_state_seq_get_size_ext(ctx, 0, flags)
+            buf = (ctypes.c_uint8 * size)()
+            written = self._lc.llama_state_seq_get_data_ext(ctx, buf, size, 0, flags)
+            data = bytes(memoryview(buf)[:written])
+            pos_max = int(self._lc.llama_memory_seq_pos_max(self._memory, 0))
+            return Checkpoint(self.n_cached, self._pos_min(), pos_max, len(data), lambda: data)
+
+    def _drop_checkpoints_after(self, n: int) -> None:
+        self.checkpoints = [ck for ck in self.checkpoints if ck.n_tokens <= n]
+
+    def truncate(self, n: int) -> None:
+        """Keep at most the first n cached tokens (fewer when only an earlier point is exact)."""
+        self.rewind(n)
 
     def clear(self) -> None:
         with self.lock:
             self._lc.llama_memory_clear(self._memory, True)
             self.llm.n_tokens = 0
+            self.checkpoints = []
 
     @property
     def can_shift(self) -> bool:
+        """Whether compaction may slide the cache. Hybrids report the attention part's answer, but
+        their recurrent state would still carry the dropped turns: never shift those."""
+        if self.kind in ("hybrid", "recurrent"):
+            return False
         return bool(self._lc.llama_memory_can_shift(self._memory))
 
     def shift_out(self, start: int, end: int) -> None:
@@ -294,6 +416,7 @@ class Engine:
             ids = self.llm.input_ids
             ids[start : n - delta] = ids[end:n].copy()
             self.llm.n_tokens = n - delta
+            self.checkpoints = []  # their positions no longer match
 
     def eval(self, tokens: Sequence[int]) -> None:
         """Prefill tokens after the cached ones."""
@@ -304,6 +427,13 @@ class Engine:
                     "raise --ctx or shorten the input",
                 )
             self.llm.eval(list(tokens))
+
+    def next_logits(self) -> list[float]:
+        """The logits the last evaluated token left (what the next token is sampled from)."""
+        with self.lock:
+            n_vocab = self._lc.llama_vocab_n_tokens(self._vocab)
+            ptr = self._lc.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+            return [float(ptr[i]) for i in range(n_vocab)]
 
     def kv_bytes(self) -> int:
         """Bytes the KV cache occupies for the tokens now cached (what a state save writes)."""
@@ -319,9 +449,17 @@ class Engine:
         stop: threading.Event | None = None,
         stop_strings: Sequence[str] = (),
         on_prefill_done: Callable[[int], None] | None = None,
+        checkpoint_at: Sequence[int] = (),
     ) -> Generation:
-        """Reuse the longest cached prefix of `prompt`, prefill the rest, then stream."""
-        return Generation(self, list(prompt), sampling, stop, tuple(stop_strings) + self.stops, on_prefill_done)
+        """Reuse the longest cached prefix of `prompt`, prefill the rest, then stream.
+
+        `checkpoint_at`: token counts where a later turn may diverge (the last user message,
+        the generation header); on models that need them, checkpoints are taken there during
+        prefill and become the engine's set (older ones are dropped).
+        """
+        return Generation(
+            self, list(prompt), sampling, stop, tuple(stop_strings) + self.stops, on_prefill_done, tuple(checkpoint_at)
+        )
 
     # state ----------------------------------------------------------------------------
 
@@ -338,7 +476,7 @@ class Engine:
         if written == 0 or not path.exists() or path.stat().st_size != written:
             raise OSError(28, "llama.cpp could not write the whole state file (disk full?)")
 
-    def load_state(self, path: Path, expected: Sequence[int]) -> None:
+    def load_state(self, path: Path, expected: Sequence[int], checkpoints: Sequence[Checkpoint] = ()) -> None:
         """Restore seq 0 from a state file; on any failure the cache is left empty and in sync."""
         with self.lock:
             self.clear()
@@ -355,7 +493,7 @@ class Engine:
             if tokens != list(expected):
                 self.clear()
                 raise StateError("state file tokens differ from its header")
-            self._adopt(tokens)
+            self._adopt(tokens, checkpoints)
 
     def state_bytes(self) -> bytes:
         """Seq 0 as bytes, for the in-RAM LRU of recent conversations."""
@@ -366,20 +504,21 @@ class Engine:
             n = self._lc.llama_state_seq_get_data(ctx, buf, size, 0)
             return bytes(memoryview(buf)[:n])
 
-    def set_state_bytes(self, data: bytes, tokens: Sequence[int]) -> None:
+    def set_state_bytes(self, data: bytes, tokens: Sequence[int], checkpoints: Sequence[Checkpoint] = ()) -> None:
         with self.lock:
             self.clear()
             buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
             if not self._lc.llama_state_seq_set_data(self.llm._ctx.ctx, buf, len(data), 0):
                 self.clear()
                 raise StateError("llama.cpp refused the cached state")
-            self._adopt(list(tokens))
+            self._adopt(list(tokens), checkpoints)
 
-    def _adopt(self, tokens: list[int]) -> None:
+    def _adopt(self, tokens: list[int], checkpoints: Sequence[Checkpoint]) -> None:
         # Restored states hold no logits: mark for re-eval so at least one token runs again.
         self.llm.input_ids[: len(tokens)] = tokens
         self.llm.n_tokens = len(tokens)
         self.llm._requires_eval = True
+        self.checkpoints = sorted((ck for ck in checkpoints if ck.n_tokens <= len(tokens)), key=lambda c: c.n_tokens)
 
 
 class Generation:
@@ -393,8 +532,11 @@ class Generation:
         stop: threading.Event | None,
         stop_strings: tuple[str, ...],
         on_prefill_done: Callable[[int], None] | None,
+        checkpoint_at: tuple[int, ...] = (),
     ) -> None:
         self.engine = engine
+        self.checkpoint_at = checkpoint_at
+        self.rewind: Rewind | None = None
         self.prompt = prompt
         self.sampling = sampling
         self.stop = stop
@@ -417,10 +559,7 @@ class Generation:
                 "raise --ctx or shorten the prompt",
             )
         with eng.lock:
-            keep = eng.common_prefix(self.prompt)
-            if keep == len(self.prompt):
-                keep -= 1  # logits are not cached: re-run the last prompt token
-            eng.truncate(keep)
+            self.rewind = eng.prepare(self.prompt)
             keep = eng.n_cached
             todo = self.prompt[keep:]
             self.prefill_tokens = len(todo)
@@ -497,13 +636,24 @@ class Generation:
             raise Cancelled("stopped before the first token")
 
     def _prefill(self, todo: list[int]) -> None:
-        """Prefill in n_batch chunks so a stop request lands between chunks."""
+        """Prefill in n_batch chunks so a stop request lands between chunks; checkpoint on the way."""
         eng = self.engine
+        start = eng.n_cached
+        wanted = sorted(set(self.checkpoint_at)) if eng.uses_checkpoints else []
+        # Checkpoints already held at wanted points stay; the rest are from older turns.
+        eng.checkpoints = [ck for ck in eng.checkpoints if ck.n_tokens in wanted]
+        # A checkpoint must leave at least one prompt token to decode: it holds no logits.
+        cuts = [b - start for b in wanted if start < b < len(self.prompt)]
         step = eng.llm.n_batch
-        for i in range(0, len(todo), step):
+        i = 0
+        while i < len(todo):
             if self.stop is not None and self.stop.is_set():
                 raise Cancelled("stopped during prefill")
-            eng.eval(todo[i : i + step])
+            j = min([i + step, len(todo), *(c for c in cuts if c > i)])
+            eng.eval(todo[i:j])
+            i = j
+            if i in cuts:
+                eng.checkpoints.append(eng.snapshot())
 
     def run(self) -> str:
         for _ in self:

@@ -340,7 +340,7 @@ def estimate(
     gpu_layers: int = 0,
     n_batch: int = 512,
     n_ubatch: int = 512,
-    swa_full: bool = True,
+    swa_full: bool = False,
     gpu_offload: bool | None = None,
 ) -> Estimate:
     """What llama.cpp allocates for these exact settings (gpu_layers -1: all).

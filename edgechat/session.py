@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from . import compaction as compact
 from .config import COMPACTION_POLICIES, KV_TYPES, EngineSettings, SamplingSettings, load_defaults, resolve_paths
-from .engine import Engine, Generation, llama_build
+from .engine import Checkpoint, Engine, Generation, Rewind, llama_build
 from .errors import BudgetError, Cancelled, ConfigError, EdgechatError, StateError
 from .gguf_info import GGUFInfo, read_gguf
 from .lock import ConversationLock
@@ -39,7 +39,7 @@ class TurnStats:
     """One turn's figures: exactly the `send --json` fields (plus `reply`, added by Reply.to_json)."""
 
     conversation_id: str
-    restored_from: str  # new | memory | state | transcript
+    restored_from: str  # new | memory | state | checkpoint | transcript: what really supplied the cache
     prefill_tokens: int
     completion_tokens: int
     context_tokens: int
@@ -104,7 +104,7 @@ class Runtime:
         budget_mb: int | None = None,
         compaction: str | None = None,
         flash_attn: bool | None = None,
-        swa_full: bool = True,
+        swa_full: bool = False,
         system_prompt: str | None = None,
         download: bool = True,
         lock_timeout_s: float | None = None,
@@ -144,7 +144,7 @@ class Runtime:
         self.plan: Any = None
         self._fingerprint = ""
         self._owner: str | None = None  # the conversation whose tokens fill the live cache
-        self._ram: OrderedDict[str, tuple[list[int], bytes]] = OrderedDict()
+        self._ram: OrderedDict[str, _RamState] = OrderedDict()
         self._ram_limit = RAM_CACHE_BYTES
         self._turn_lock = threading.RLock()
 
@@ -271,17 +271,34 @@ class Runtime:
     # the caches -----------------------------------------------------------------------
 
     def _restore(self, cid: str, engine: Engine, tokens: list[int], has_history: bool) -> str:
-        """Put the conversation's KV state in the live cache from the cheapest valid source."""
+        """Put the conversation's KV state in the live cache from the cheapest valid source, then
+        bring it back to the longest exact prefix of `tokens`; returns what really supplied it."""
+        source = self._load_cache(cid, engine, tokens, has_history)
+        if source in ("new", "transcript"):
+            return source
+        return self._settle(source, engine.prepare(tokens), cid)
+
+    def _settle(self, source: str, rewind: Rewind | None, cid: str) -> str:
+        """The cache source after a rewind: a restored state that had to be thrown away is the transcript."""
+        if rewind is None or source in ("new", "transcript"):
+            return source
+        if rewind.problem:
+            self.on_notice(f"checkpoint of conversation {cid} not used ({rewind.problem}); re-reading the history")
+        if rewind.how == "clear":
+            return "transcript"
+        return "checkpoint" if rewind.how == "checkpoint" else source
+
+    def _load_cache(self, cid: str, engine: Engine, tokens: list[int], has_history: bool) -> str:
         if self._owner == cid and engine.common_prefix(tokens) > 0:
             return "memory"
         if self._owner is not None and self._owner != cid and engine.n_cached:
             self._remember(self._owner, engine)
         self._owner = None
         if cid in self._ram:
-            saved, data = self._ram.pop(cid)
-            if _common_prefix(saved, tokens) > 0:
+            ram = self._ram.pop(cid)
+            if _common_prefix(ram.tokens, tokens) > 0:
                 try:
-                    engine.set_state_bytes(data, saved)
+                    engine.set_state_bytes(ram.data, ram.tokens, ram.checkpoints)
                     self._owner = cid
                     return "memory"
                 except StateError:
@@ -304,7 +321,8 @@ class Runtime:
                     raise StateError("the saved state does not match the transcript")
                 if len(header.tokens) > engine.n_ctx:
                     raise StateError(f"the saved state holds {len(header.tokens)} tokens, more than this context")
-                engine.load_state(self.states.verified_payload(header), header.tokens)
+                payload = self.states.verified_payload(header)
+                engine.load_state(payload, header.tokens, self.states.checkpoints(header))
                 self._owner = cid
                 return "state"
         except StateError as exc:
@@ -319,13 +337,13 @@ class Runtime:
         """Keep a conversation's live state in RAM so switching back is a copy, not a prefill."""
         self._ram.pop(cid, None)
         room = self._ram_room()
-        if engine.kv_bytes() > room:
+        if engine.kv_bytes() + sum(ck.size for ck in engine.checkpoints) > room:
             return
-        self._ram[cid] = (engine.cached_tokens, engine.state_bytes())
+        self._ram[cid] = _RamState(engine.cached_tokens, engine.state_bytes(), _in_ram(engine.checkpoints))
         self._shrink_ram_cache(room)
 
     def ram_cache_bytes(self) -> int:
-        return sum(len(v[1]) for v in self._ram.values())
+        return sum(v.size for v in self._ram.values())
 
     def _ram_room(self) -> int:
         """What the in-RAM state cache may hold now: its share of the budget, and never more
@@ -340,8 +358,8 @@ class Runtime:
         """Drop the least recently used states until the cache fits `room`; returns bytes freed."""
         freed = 0
         while self._ram and self.ram_cache_bytes() > room:
-            _cid, (_tokens, data) = self._ram.popitem(last=False)
-            freed += len(data)
+            _cid, dropped = self._ram.popitem(last=False)
+            freed += dropped.size
         return freed
 
     def check_memory(self) -> None:
@@ -366,7 +384,7 @@ class Runtime:
         s = engine.settings
         try:
             header = self.states.save(
-                cid, engine.cached_tokens, engine.save_state,
+                cid, engine.cached_tokens, engine.save_state, engine.checkpoints,
                 model_fingerprint=self._fingerprint, type_k=s.type_k, type_v=s.type_v,
                 flash_attn=s.use_flash_attn, llama_build=llama_build(),
             )  # fmt: skip
@@ -374,6 +392,48 @@ class Runtime:
             self.on_notice(f"{exc}")
             return time.perf_counter() - t, 0
         return time.perf_counter() - t, header.payload_size
+
+
+@dataclass(frozen=True)
+class _RamState:
+    """A conversation's cache parked in RAM while another one uses the live context."""
+
+    tokens: list[int]
+    data: bytes
+    checkpoints: tuple[Checkpoint, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.data) + sum(ck.size for ck in self.checkpoints)
+
+
+def _in_ram(checkpoints: Sequence[Checkpoint]) -> tuple[Checkpoint, ...]:
+    """Copies whose bytes live in memory (a file-backed checkpoint may be replaced on disk later)."""
+    out = []
+    for ck in checkpoints:
+        try:
+            data = ck.load()
+        except StateError:
+            continue
+        out.append(replace(ck, load=lambda d=data: d))
+    return tuple(out)
+
+
+def checkpoint_points(engine: Engine, chat: Sequence[dict[str, str]], tokens: Sequence[int]) -> tuple[int, ...]:
+    """Token counts a later turn may go back to: the start of the last user message (edit and
+    resend) and of the generation header (regenerate; templates that re-render or strip the
+    last reply). Only models whose cache cannot be trimmed exactly need them."""
+    if not engine.uses_checkpoints:
+        return ()
+    points = []
+    for head, add_header in ((chat[:-1], False), (chat, False)):
+        if not head:
+            continue
+        try:
+            points.append(_common_prefix(engine.chat_tokens(head, add_generation_prompt=add_header), tokens))
+        except EdgechatError:  # a template that refuses a partial conversation: no checkpoint there
+            continue
+    return tuple(sorted({p for p in points if 0 < p < len(tokens)}))
 
 
 def _registry_default(paths: Any) -> str:
@@ -527,7 +587,8 @@ class TurnStream:
             self.on_event("compacted", result)
 
         t_gen = time.perf_counter()  # ttft_s covers restore and compaction too
-        gen: Generation = engine.generate(tokens, self.sampling, stop=self.stop)
+        points = checkpoint_points(engine, chat, tokens)
+        gen: Generation = engine.generate(tokens, self.sampling, stop=self.stop, checkpoint_at=points)
         interrupted: BaseException | None = None
         try:
             yield from gen
@@ -556,7 +617,7 @@ class TurnStream:
             text=gen.text,
             stats=TurnStats(
                 conversation_id=cid,
-                restored_from=source,
+                restored_from=rt._settle(source, gen.rewind, cid),
                 prefill_tokens=gen.prefill_tokens,
                 completion_tokens=len(gen.tokens),
                 context_tokens=engine.n_cached,

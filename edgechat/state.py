@@ -1,13 +1,16 @@
 """The KV state-file format: a JSON header beside a payload written by llama.cpp.
 
-A conversation's state is two files in the states dir:
-  <id>.json        header: format, model fingerprint, KV types, llama.cpp build,
-                   token ids, payload name, size and CRC-32
-  <id>-<gen>.kv    llama.cpp's own `llama_state_seq_save_file` output
-Each save writes a new payload generation, fsyncs it, then atomically replaces the
-header: a crash at any point leaves a header that names a complete payload (the
-previous one until the rename), so a failed or interrupted save never loses the last
-good state. Only then are older payloads removed.
+A conversation's state is a few files in the states dir:
+  <id>.json          header: format, model fingerprint, KV types, llama.cpp build,
+                     token ids, payload name, size and CRC-32, and the checkpoints
+  <id>-<gen>.kv      llama.cpp's own `llama_state_seq_save_file` output
+  <id>-<gen>.ck<k>   context checkpoints (sliding-window and hybrid models only): the
+                     part of the cache a trim cannot rewind, at a token count a later
+                     turn may go back to (regenerate, edit, a re-rendered reply)
+Each save writes a new generation, fsyncs it, then atomically replaces the header: a
+crash at any point leaves a header that names complete files (the previous ones until
+the rename), so a failed or interrupted save never loses the last good state. Only
+then are older generations removed.
 """
 
 from __future__ import annotations
@@ -21,11 +24,15 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from .engine import Checkpoint
 from .errors import StateError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # 1: no checkpoints
 _CHUNK = 8 << 20
+_CHECKPOINT_KEYS = {"n_tokens", "pos_min", "pos_max", "file", "size", "crc32"}
 
 
 @dataclass(frozen=True)
@@ -44,11 +51,13 @@ class StateHeader:
     payload_size: int
     payload_crc32: int
     saved_at: float
+    # Each: n_tokens, pos_min, pos_max, file, size, crc32.
+    checkpoints: tuple[dict[str, Any], ...] = ()
 
     def check_compatible(self, *, fingerprint: str, type_k: str, type_v: str, flash_attn: bool, build: str) -> None:
         """Raise StateError naming the first mismatch (each would make llama.cpp refuse or misread)."""
-        if self.format != FORMAT_VERSION:
-            raise StateError(f"state format {self.format} is not {FORMAT_VERSION}")
+        if self.format not in READABLE_FORMATS:
+            raise StateError(f"state format {self.format} is not one of {READABLE_FORMATS}")
         if self.model_fingerprint != fingerprint:
             raise StateError("state was saved with a different model file")
         if (self.type_k, self.type_v) != (type_k, type_v):
@@ -101,6 +110,7 @@ class StateFiles:
         cid: str,
         tokens: Sequence[int],
         write_payload: Callable[[Path], None],
+        checkpoints: Sequence[Checkpoint] = (),
         **fields: object,
     ) -> StateHeader:
         """Write a new generation; `write_payload(path)` produces llama.cpp's file there.
@@ -114,12 +124,26 @@ class StateFiles:
         tmp_payload = payload.with_suffix(".kv.tmp")
         header_path = self.header_path(cid)
         tmp_header = header_path.with_suffix(".json.tmp")
+        written: list[Path] = [payload]
         try:
             write_payload(tmp_payload)
             _fsync_file(tmp_payload)
             crc = crc32_file(tmp_payload)
             size = tmp_payload.stat().st_size
             os.replace(tmp_payload, payload)
+            cks = []
+            for k, ck in enumerate(checkpoints):
+                ck_path = self.dir / f"{cid}-{gen}.ck{k}"
+                written.append(ck_path)
+                data = ck.load()
+                with ck_path.open("wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                cks.append(
+                    {"n_tokens": ck.n_tokens, "pos_min": ck.pos_min, "pos_max": ck.pos_max,
+                     "file": ck_path.name, "size": len(data), "crc32": zlib.crc32(data)}
+                )  # fmt: skip
             header = StateHeader(
                 format=FORMAT_VERSION,
                 conversation_id=cid,
@@ -128,6 +152,7 @@ class StateFiles:
                 payload_size=size,
                 payload_crc32=crc,
                 saved_at=time.time(),
+                checkpoints=tuple(cks),
                 **fields,  # type: ignore[arg-type]
             )
             data = json.dumps(asdict(header), separators=(",", ":")).encode()
@@ -145,26 +170,34 @@ class StateFiles:
             except StateError:
                 current = None
             if current is None or current.payload != payload.name:
-                payload.unlink(missing_ok=True)
+                for path in written:
+                    path.unlink(missing_ok=True)
             if isinstance(exc, OSError):
                 raise StateError(
                     f"could not save the KV state: {exc.strerror or exc}",
                     "free some disk space; the transcript is safe",
                 ) from exc
             raise
-        self._remove_old_payloads(cid, keep=payload.name)
+        self._remove_old_generations(cid, keep={p.name for p in written})
         return header
 
-    def _remove_old_payloads(self, cid: str, keep: str) -> None:
-        for old in self.dir.glob(f"{cid}-*.kv*"):
-            if old.name != keep:
+    def _remove_old_generations(self, cid: str, keep: set[str]) -> None:
+        for old in self._generation_files(cid):
+            if old.name not in keep:
                 old.unlink(missing_ok=True)
+
+    def _generation_files(self, cid: str) -> list[Path]:
+        return [*self.dir.glob(f"{cid}-*.kv*"), *self.dir.glob(f"{cid}-*.ck*")]
 
     def read_header(self, cid: str, *, missing_ok: bool = False) -> StateHeader | None:
         path = self.header_path(cid)
         try:
             raw = json.loads(path.read_bytes())
             raw["tokens"] = tuple(raw["tokens"])
+            raw["checkpoints"] = tuple(raw.get("checkpoints", ()))
+            for ck in raw["checkpoints"]:
+                if not isinstance(ck, dict) or set(ck) != _CHECKPOINT_KEYS:
+                    raise ValueError("bad checkpoint entry")
             return StateHeader(**raw)
         except FileNotFoundError:
             if missing_ok:
@@ -184,16 +217,37 @@ class StateFiles:
             raise StateError(f"state payload {header.payload} fails its checksum")
         return path
 
+    def checkpoints(self, header: StateHeader) -> list[Checkpoint]:
+        """The header's checkpoints; each file is read and checked only when it is used."""
+        return [
+            Checkpoint(ck["n_tokens"], ck["pos_min"], ck["pos_max"], ck["size"], self._reader(ck))
+            for ck in header.checkpoints
+        ]
+
+    def _reader(self, ck: dict[str, Any]) -> Callable[[], bytes]:
+        path = self.dir / ck["file"]
+
+        def read() -> bytes:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                raise StateError(f"checkpoint {path.name} is missing") from None
+            if len(data) != ck["size"] or zlib.crc32(data) != ck["crc32"]:
+                raise StateError(f"checkpoint {path.name} is damaged")
+            return data
+
+        return read
+
     def delete(self, cid: str) -> None:
         self.header_path(cid).unlink(missing_ok=True)
-        for payload in self.dir.glob(f"{cid}-*.kv*"):
-            payload.unlink(missing_ok=True)
+        for path in self._generation_files(cid):
+            path.unlink(missing_ok=True)
 
     def size(self, cid: str) -> int:
         header = self.read_header(cid, missing_ok=True)
         if header is None:
             return 0
-        return header.payload_size
+        return header.payload_size + sum(ck["size"] for ck in header.checkpoints)
 
 
 def model_fingerprint(path: Path, cache_file: Path) -> str:

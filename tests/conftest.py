@@ -28,6 +28,22 @@ def gemma() -> Path:
     return fetch(GEMMA)
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen35(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight qwen35 hybrid (gated delta-net + attention; its cache cannot shift)."""
+    from .tiny_models import write_qwen35
+
+    return write_qwen35(tmp_path_factory.mktemp("tiny") / "tiny-qwen35.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_lfm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight lfm2 hybrid (short convolutions + attention)."""
+    from .tiny_models import write_lfm2
+
+    return write_lfm2(tmp_path_factory.mktemp("tiny") / "tiny-lfm2.gguf")
+
+
 @pytest.fixture()
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     h = tmp_path / "home"
