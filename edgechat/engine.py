@@ -514,8 +514,8 @@ class Generation:
             decode_s=decode_s,
             finish_reason=finish,
             token_latencies_s=tuple(latencies),
-            decode_threads=eng.threads.choice.decode,
-            prefill_threads=eng.threads.choice.prefill,
+            decode_threads=int(llm.n_threads),  # what the context ran with, however it was set
+            prefill_threads=int(llm.n_threads_batch),
             threads_auto=eng.threads.choice.auto,
             thread_changes=eng.threads.changes,
         )
