@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -38,7 +39,7 @@ import json, sys, time
 t0 = float(sys.argv[1])
 from llama_cpp import Llama
 kv = {"f16": 1, "q8_0": 8, "q4_0": 2}[sys.argv[3]]
-llm = Llama(sys.argv[2], n_ctx=int(sys.argv[4]), n_threads=int(sys.argv[5]), type_k=kv, type_v=kv,
+llm = Llama(sys.argv[2], n_ctx=int(sys.argv[4]), n_threads=int(sys.argv[5]), n_threads_batch=int(sys.argv[5]), type_k=kv, type_v=kv,
             flash_attn=sys.argv[3] != "f16", verbose=False, seed=0)
 stamps = []
 for chunk in llm.create_chat_completion([{"role": "user", "content": sys.argv[6]}], max_tokens=int(sys.argv[7]),
@@ -59,7 +60,7 @@ from llama_cpp import Llama
 import llama_cpp
 a = json.loads(sys.argv[1])
 kv = {"f16": 1, "q8_0": 8, "q4_0": 2}[a["kv"]]
-llm = Llama(a["model"], n_ctx=a["ctx"], n_threads=a["threads"], type_k=kv, type_v=kv, flash_attn=a["kv"] != "f16",
+llm = Llama(a["model"], n_ctx=a["ctx"], n_threads=a["threads"], n_threads_batch=a["threads"], type_k=kv, type_v=kv, flash_attn=a["kv"] != "f16",
             verbose=False, seed=0)
 cap = llm.n_ctx()
 arr = (llama_cpp.llama_token * cap)()
@@ -78,22 +79,27 @@ for chunk in llm.create_chat_completion(a["messages"], max_tokens=a["max_tokens"
 gaps = [b - a for a, b in zip(stamps, stamps[1:])]
 print(json.dumps({"decode_tokens_per_s": len(gaps) / sum(gaps) if gaps else 0.0, "tokens": len(stamps)}), file=sys.stderr)
 """
+CPU: list[float] = []  # each first_byte() process's user+system CPU seconds (steadier than wall on a busy box)
 FIRST, SECOND = "What is the capital of France?", "And what is the capital of Italy?"
 
 
 def first_byte(cmd: list[str], env: dict[str, str]) -> tuple[float, str, str]:
+    """Seconds from process start to its first byte on stdout; the process's CPU seconds go to CPU[-1]."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert proc.stdout is not None
     proc.stdout.read(1)
     t1 = time.perf_counter() - t0
     out, err = proc.communicate()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[:4]} failed: {err.decode()[-500:]}")
     return t1, out.decode(), err.decode()
 
 
-def _row(kind: str, kv: str, ours_start, bare_start, ours_tps, bare_tps) -> dict:
+def _row(kind: str, kv: str, ours_start, bare_start, ours_tps, bare_tps, ours_cpu, bare_cpu) -> dict:
     row = {
         "mode": kind,
         "kv_type": kv,
@@ -101,29 +107,34 @@ def _row(kind: str, kv: str, ours_start, bare_start, ours_tps, bare_tps) -> dict
         "bare_cold_start_s": statistics.median(bare_start),
         "edgechat_decode_tps": statistics.median(ours_tps),
         "bare_decode_tps": statistics.median(bare_tps),
+        "edgechat_cpu_s": statistics.median(ours_cpu),
+        "bare_cpu_s": statistics.median(bare_cpu),
     }
+    row["cpu_ratio"] = row["edgechat_cpu_s"] / row["bare_cpu_s"]
     row["cold_start_ratio"] = row["edgechat_cold_start_s"] / row["bare_cold_start_s"]
     row["decode_ratio"] = row["edgechat_decode_tps"] / row["bare_decode_tps"]
     return row
 
 
 def bench_generate(args, kv: str, env: dict[str, str], threads_opt: list[str]) -> dict:
-    ours_start, ours_tps, bare_start, bare_tps = [], [], [], []
+    ours_start, ours_tps, bare_start, bare_tps, ours_cpu, bare_cpu = [], [], [], [], [], []
     common = ["-m", args.model, "--ctx", str(CTX), "--kv-type", kv, *threads_opt,
-              "--max-tokens", str(MAX_TOKENS), "--temperature", "0"]  # fmt: skip
+              "--max-tokens", str(args.max_tokens), "--temperature", "0"]  # fmt: skip
     for _ in range(args.repeats):
         t, _, _ = first_byte([sys.executable, "-m", "edgechat", "generate", PROMPT, *common], env)
         ours_start.append(t)
+        ours_cpu.append(CPU[-1])
         js = subprocess.run([sys.executable, "-m", "edgechat", "generate", PROMPT, *common, "--json"],
                             capture_output=True, text=True, env=env, check=True)  # fmt: skip
         ours_tps.append(json.loads(js.stdout)["decode_tokens_per_s"])
         t, _, err = first_byte(
             [sys.executable, "-c", BARE, str(time.time()), args.model, kv, str(CTX), str(args.threads), PROMPT,
-             str(MAX_TOKENS)], env,
+             str(args.max_tokens)], env,
         )  # fmt: skip
         bare_start.append(t)
+        bare_cpu.append(CPU[-1])
         bare_tps.append(json.loads(err.strip().splitlines()[-1])["decode_tokens_per_s"])
-    return _row("generate", kv, ours_start, bare_start, ours_tps, bare_tps)
+    return _row("generate", kv, ours_start, bare_start, ours_tps, bare_tps, ours_cpu, bare_cpu)
 
 
 def bench_send(args, kv: str, env: dict[str, str], threads_opt: list[str], tmp: Path) -> dict:
@@ -140,17 +151,18 @@ def bench_send(args, kv: str, env: dict[str, str], threads_opt: list[str], tmp: 
     payload = header_path.parent / json.loads(header_path.read_text())["payload"]
     bare_args = {
         "model": args.model, "kv": kv, "ctx": CTX, "threads": args.threads, "payload": str(payload),
-        "max_tokens": MAX_TOKENS,
+        "max_tokens": args.max_tokens,
         "messages": [{"role": "user", "content": FIRST}, {"role": "assistant", "content": first["reply"]},
                      {"role": "user", "content": SECOND}],
     }  # fmt: skip
-    ours_start, ours_tps, bare_start, bare_tps = [], [], [], []
+    ours_start, ours_tps, bare_start, bare_tps, ours_cpu, bare_cpu = [], [], [], [], [], []
     for i in range(args.repeats):
         home = tmp / f"run-{kv}-{i}"
         shutil.copytree(pristine, home)
-        cmd = [sys.executable, "-m", "edgechat", "send", SECOND, "-c", cid, *common, "--max-tokens", str(MAX_TOKENS)]
+        cmd = [sys.executable, "-m", "edgechat", "send", SECOND, "-c", cid, *common, "--max-tokens", str(args.max_tokens)]
         t, _, _ = first_byte(cmd, {**env, "EDGECHAT_HOME": str(home)})
         ours_start.append(t)
+        ours_cpu.append(CPU[-1])
         shutil.rmtree(home)
         shutil.copytree(pristine, home)
         js = subprocess.run([*cmd, "--json"], capture_output=True, text=True, env={**env, "EDGECHAT_HOME": str(home)},
@@ -162,8 +174,9 @@ def bench_send(args, kv: str, env: dict[str, str], threads_opt: list[str], tmp: 
         shutil.rmtree(home)
         t, _, err = first_byte([sys.executable, "-c", BARE_RESUME, json.dumps(bare_args)], env)
         bare_start.append(t)
+        bare_cpu.append(CPU[-1])
         bare_tps.append(json.loads(err.strip().splitlines()[-1])["decode_tokens_per_s"])
-    return _row("send -c", kv, ours_start, bare_start, ours_tps, bare_tps)
+    return _row("send -c", kv, ours_start, bare_start, ours_tps, bare_tps, ours_cpu, bare_cpu)
 
 
 def main() -> None:
@@ -176,6 +189,7 @@ def main() -> None:
         "--edgechat-threads", default="same", help="'same' (pin edgechat to --threads) or 'auto' (its own choice)"
     )
     ap.add_argument("--modes", default="generate,send")
+    ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.model is None:
@@ -200,7 +214,8 @@ def main() -> None:
                         f"{row['mode']:8} {kv:5} cold start: edgechat {row['edgechat_cold_start_s']:.3f} s,"
                         f" bare {row['bare_cold_start_s']:.3f} s (x{row['cold_start_ratio']:.2f})   decode: edgechat"
                         f" {row['edgechat_decode_tps']:.1f} tok/s, bare {row['bare_decode_tps']:.1f} tok/s"
-                        f" (x{row['decode_ratio']:.2f})",
+                        f" (x{row['decode_ratio']:.2f})   CPU: edgechat {row['edgechat_cpu_s']:.3f} s,"
+                        f" bare {row['bare_cpu_s']:.3f} s (x{row['cpu_ratio']:.2f})",
                         flush=True,
                     )
     if args.json:
