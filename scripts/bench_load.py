@@ -42,6 +42,10 @@ def p95(values: list[float]) -> float:
     return s[min(len(s) - 1, int(0.95 * (len(s) - 1) + 0.5))]
 
 
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("inf") if a else 1.0
+
+
 def busy(n: int) -> list[subprocess.Popen[bytes]]:
     procs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(n)]
     time.sleep(0.5 if n else 0.0)  # let them reach the run queue before measuring
@@ -55,20 +59,34 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         p.wait()
 
 
-def one_run(eng, tokens: list[int], max_tokens: int, threads: int | None) -> dict[str, float]:
+def one_run(eng, tokens: list[int], max_tokens: int, threads: int | None, limit_s: float) -> dict[str, float]:
+    """One generation from an empty cache; decode stops after `limit_s` (a stalled setting can crawl)."""
+    import threading
+
     from edgechat.config import SamplingSettings
+    from edgechat.errors import Cancelled
 
     eng.threads.pin(threads)
     eng.clear()
-    gen = eng.generate(tokens, SamplingSettings(max_tokens=max_tokens, temperature=0.0, seed=0))
-    gen.run()
+    stop = threading.Event()
+    timer = threading.Timer(limit_s, stop.set)
+    timer.start()
+    try:
+        gen = eng.generate(tokens, SamplingSettings(max_tokens=max_tokens, temperature=0.0, seed=0), stop=stop)
+        gen.run()
+    except Cancelled:  # not even the first token within the limit: counts as 0 tok/s, TTFT >= limit
+        pass
+    finally:
+        timer.cancel()
     st = gen.stats
-    assert st is not None
+    if st is None:  # stopped inside prefill
+        return {"decode_tps": 0.0, "prefill_tps": 0.0, "ttft_s": limit_s, "p95_ms": limit_s * 1000,
+                "decode_threads": eng.llm.n_threads, "prefill_threads": eng.llm.n_threads_batch, "thread_changes": 0}
     return {
         "decode_tps": st.decode_tokens_per_s,
         "prefill_tps": st.prefill_tokens / st.prefill_s if st.prefill_s else 0.0,
         "ttft_s": st.ttft_s,
-        "p95_ms": p95(list(st.token_latencies_s)) * 1000,
+        "p95_ms": p95(list(st.token_latencies_s)) * 1000 if st.token_latencies_s else limit_s * 1000,
         "decode_threads": st.decode_threads,
         "prefill_threads": st.prefill_threads,
         "thread_changes": st.thread_changes,
@@ -82,6 +100,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=192, help="prompt length (prefill) per run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--loads", default=None, help="busy-process counts, e.g. 0,1,2 (default: 0, 1, one per core)")
+    ap.add_argument("--limit-s", type=float, default=15.0, help="cut a run's decode after this long")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.model is None:
@@ -99,7 +118,7 @@ def main() -> None:
     settings_list: list[int | None] = [None, *range(1, cores + 1)]  # None: automatic
     eng = Engine(EngineSettings(model_path=args.model, n_ctx=1024, seed=0))
     tokens = eng.tokenize(TEXT * 20)[: args.prompt_tokens]
-    one_run(eng, tokens[:32], 4, None)  # warm-up: page faults, first thread start
+    one_run(eng, tokens[:32], 4, None, args.limit_s)  # warm-up: page faults, first thread start
     t_start = time.perf_counter()
     rows = []
     try:
@@ -111,7 +130,13 @@ def main() -> None:
                     k = r % len(settings_list)
                     for threads in settings_list[k:] + settings_list[:k]:
                         key = "auto" if threads is None else str(threads)
-                        runs.setdefault(key, []).append(one_run(eng, tokens, args.tokens, threads))
+                        run = one_run(eng, tokens, args.tokens, threads, args.limit_s)
+                        runs.setdefault(key, []).append(run)
+                        print(
+                            f"  busy {n_busy}, threads {key}: decode {run['decode_tps']:.1f} tok/s,"
+                            f" TTFT {run['ttft_s']:.2f} s (chose {run['decode_threads']}/{run['prefill_threads']})",
+                            file=sys.stderr, flush=True,
+                        )
             finally:
                 stop(procs)
             med = {
@@ -127,12 +152,12 @@ def main() -> None:
             for key, m in med.items():
                 rows.append({
                     "busy_processes": n_busy, "threads": key, **m,
-                    "decode_vs_best": m["decode_tps"] / best["decode_tps"],
-                    "prefill_vs_best": m["prefill_tps"] / best["prefill_tps"],
-                    "ttft_vs_best": best["ttft_s"] / m["ttft_s"],
-                    "p95_vs_best": best["p95_ms"] / m["p95_ms"],
-                    "decode_vs_all_cores": m["decode_tps"] / med[str(cores)]["decode_tps"],
-                    "prefill_vs_all_cores": m["prefill_tps"] / med[str(cores)]["prefill_tps"],
+                    "decode_vs_best": ratio(m["decode_tps"], best["decode_tps"]),
+                    "prefill_vs_best": ratio(m["prefill_tps"], best["prefill_tps"]),
+                    "ttft_vs_best": ratio(best["ttft_s"], m["ttft_s"]),
+                    "p95_vs_best": ratio(best["p95_ms"], m["p95_ms"]),
+                    "decode_vs_all_cores": ratio(m["decode_tps"], med[str(cores)]["decode_tps"]),
+                    "prefill_vs_all_cores": ratio(m["prefill_tps"], med[str(cores)]["prefill_tps"]),
                 })  # fmt: skip
     finally:
         eng.close()
