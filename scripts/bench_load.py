@@ -80,8 +80,15 @@ def one_run(eng, tokens: list[int], max_tokens: int, threads: int | None, limit_
         timer.cancel()
     st = gen.stats
     if st is None:  # stopped inside prefill
-        return {"decode_tps": 0.0, "prefill_tps": 0.0, "ttft_s": limit_s, "p95_ms": limit_s * 1000,
-                "decode_threads": eng.llm.n_threads, "prefill_threads": eng.llm.n_threads_batch, "thread_changes": 0}
+        return {
+            "decode_tps": 0.0,
+            "prefill_tps": 0.0,
+            "ttft_s": limit_s,
+            "p95_ms": limit_s * 1000,
+            "decode_threads": eng.llm.n_threads,
+            "prefill_threads": eng.llm.n_threads_batch,
+            "thread_changes": 0,
+        }
     return {
         "decode_tps": st.decode_tokens_per_s,
         "prefill_tps": st.prefill_tokens / st.prefill_s if st.prefill_s else 0.0,
@@ -135,13 +142,12 @@ def main() -> None:
                         print(
                             f"  busy {n_busy}, threads {key}: decode {run['decode_tps']:.1f} tok/s,"
                             f" TTFT {run['ttft_s']:.2f} s (chose {run['decode_threads']}/{run['prefill_threads']})",
-                            file=sys.stderr, flush=True,
+                            file=sys.stderr,
+                            flush=True,
                         )
             finally:
                 stop(procs)
-            med = {
-                key: {m: statistics.median(x[m] for x in rs) for m in rs[0]} for key, rs in runs.items()
-            }
+            med = {key: {m: statistics.median(x[m] for x in rs) for m in rs[0]} for key, rs in runs.items()}
             fixed = [str(t) for t in range(1, cores + 1)]
             best = {
                 "decode_tps": max(med[f]["decode_tps"] for f in fixed),
@@ -163,7 +169,9 @@ def main() -> None:
         eng.close()
     wall = time.perf_counter() - t_start
     if args.json:
-        print(json.dumps({"cores": cores, "repeats": args.repeats, "tokens": args.tokens, "wall_s": wall, "rows": rows}))
+        print(
+            json.dumps({"cores": cores, "repeats": args.repeats, "tokens": args.tokens, "wall_s": wall, "rows": rows})
+        )
         return
     print(
         f"{Path(args.model).name} · {cores} cores · {args.prompt_tokens}-token prompt, {args.tokens} decoded tokens · "

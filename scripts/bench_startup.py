@@ -159,7 +159,8 @@ def bench_send(args, kv: str, env: dict[str, str], threads_opt: list[str], tmp: 
     for i in range(args.repeats):
         home = tmp / f"run-{kv}-{i}"
         shutil.copytree(pristine, home)
-        cmd = [sys.executable, "-m", "edgechat", "send", SECOND, "-c", cid, *common, "--max-tokens", str(args.max_tokens)]
+        cmd = [sys.executable, "-m", "edgechat", "send", SECOND, "-c", cid, *common,
+               "--max-tokens", str(args.max_tokens)]  # fmt: skip
         t, _, _ = first_byte(cmd, {**env, "EDGECHAT_HOME": str(home)})
         ours_start.append(t)
         ours_cpu.append(CPU[-1])
