@@ -269,6 +269,7 @@ class BenchReport:
     results: tuple[KvResult, ...]
     started_at: str
     wall_s: float
+    threads_auto: bool = True  # False: --threads pinned them; else `threads` is the last run's own choice
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,7 @@ def step_count(config: BenchConfig) -> int:
 
 def run_bench(open_engine: OpenEngine, config: BenchConfig, progress: Progress = lambda _s: None) -> BenchReport:
     """Measure every KV type in turn, one model loaded at a time, in one process."""
-    from .engine import default_threads, llama_build
+    from .engine import llama_build
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t_start = time.perf_counter()
@@ -322,6 +323,7 @@ def run_bench(open_engine: OpenEngine, config: BenchConfig, progress: Progress =
     results: list[KvResult] = []
     identity: tuple[str, str, str] = ("", "", "")
     threads = threads_batch = gpu_layers = 0
+    threads_auto = True
     for spec in config.kv_types:
         progress(f"{spec.label}: loading the model")
         before = memory_point()
@@ -336,16 +338,16 @@ def run_bench(open_engine: OpenEngine, config: BenchConfig, progress: Progress =
             if not lengths:
                 lengths = check_lengths(config.lengths or default_lengths(eng.n_ctx), eng.n_ctx, config.gen_tokens)
             identity = (loaded.name, str(eng.settings.model_path), loaded.sha256)
-            threads = eng.settings.threads or default_threads()
-            threads_batch = int(getattr(eng.llm, "n_threads_batch", threads))
             gpu_layers = eng.settings.gpu_layers
             results.append(_bench_kv(eng, spec, text, lengths, config, load_s, before, after, progress))
+            choice = eng.threads.choice  # chosen from the machine's load per run, unless --threads pinned it
+            threads, threads_batch, threads_auto = choice.decode, choice.prefill, choice.auto
     return BenchReport(
         model=identity[0], model_file=identity[1], model_sha256=identity[2], llama_build=llama_build(),
         threads=threads, threads_batch=threads_batch, gpu_layers=gpu_layers, n_ctx=n_ctx or 0,
         kv_types=tuple(s.label for s in config.kv_types), repeats=config.repeats, gen_tokens=config.gen_tokens,
         prompt_lengths=lengths, text_source=source, machine=machine, results=tuple(results),
-        started_at=started, wall_s=time.perf_counter() - t_start,
+        started_at=started, wall_s=time.perf_counter() - t_start, threads_auto=threads_auto,
     )  # fmt: skip
 
 

@@ -41,7 +41,7 @@ KOpt = Annotated[str | None, typer.Option("--k-type", help="K cache type alone (
 VOpt = Annotated[str | None, typer.Option("--v-type", help="V cache type alone (overrides --kv-type).")]
 FaOpt = Annotated[str | None, typer.Option("--flash-attn", help="on, off or auto (on when the V cache is quantized).")]
 GpuOpt = Annotated[str | None, typer.Option("--gpu-layers", help="auto or a number of layers to offload (-1: all).")]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads, pinned (default: chosen per turn from the machine's load).")]
 BudgetOpt = Annotated[
     int | None,
     typer.Option("--budget-mb", help="Memory the runtime may use, in MiB (default: a safe share of what is free)."),

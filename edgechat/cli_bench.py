@@ -197,6 +197,13 @@ def _mib(n: int | None) -> str:
     return "–" if n is None else f"{n / MIB:,.1f}"
 
 
+def _threads(report: BenchReport) -> str:
+    from .threads import ThreadChoice
+
+    label = ThreadChoice(report.threads, report.threads_batch, report.threads_auto).label()
+    return label if not report.threads_auto else f"{label} (chosen from the load)"
+
+
 def bench_tables(report: BenchReport) -> list[Any]:
     """The header line and three tables: per prompt, resume vs re-prefill, runtime vs bare loop."""
     from rich.table import Table
@@ -204,7 +211,7 @@ def bench_tables(report: BenchReport) -> list[Any]:
     m = report.machine
     header = (
         f"[bold]{report.model}[/] ({Path(report.model_file).name}, sha256 {report.model_sha256[:12]}) · "
-        f"{report.llama_build} · {report.threads} threads · {report.gpu_layers} GPU layers · n_ctx {report.n_ctx}\n"
+        f"{report.llama_build} · {_threads(report)} · {report.gpu_layers} GPU layers · n_ctx {report.n_ctx}\n"
         f"{m.processor}, {m.cpu_count_logical} CPUs, {m.ram_total_bytes / (1 << 30):.1f} GiB RAM"
         f"{', ' + ', '.join(m.gpus) if m.gpus else ''} · {report.repeats} repeat(s), "
         f"{report.gen_tokens} generated tokens, medians"
@@ -319,7 +326,7 @@ def write_plot(report: BenchReport, path: Path) -> None:
     ax_m.set_ylim(bottom=0)
     ax_t.legend(title="KV cache", loc="upper left")
     fig.suptitle(
-        f"{report.model} · {report.llama_build} · {report.threads} threads · {report.gpu_layers} GPU layers · "
+        f"{report.model} · {report.llama_build} · {_threads(report)} · {report.gpu_layers} GPU layers · "
         f"n_ctx {report.n_ctx} · {report.machine.processor}, {report.machine.cpu_count_logical} CPUs · "
         f"median of {report.repeats} run(s)",
         fontsize=10,

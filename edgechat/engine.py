@@ -24,6 +24,7 @@ from typing import Any
 from .config import KV_TYPES, EngineSettings, SamplingSettings
 from .errors import Cancelled, ConfigError, EdgechatError, ModelError, StateError
 from .gguf_info import GGUFInfo, read_gguf
+from .threads import ThreadControl
 
 CTX_PAD = 256
 _GGML_TYPE = {"f16": 1, "q4_0": 2, "q8_0": 8}
@@ -51,6 +52,10 @@ class GenerationStats:
     decode_s: float
     finish_reason: str  # "stop" | "length" | "cancelled"
     token_latencies_s: tuple[float, ...] = field(default=(), repr=False)
+    decode_threads: int = 0  # at the end of the turn (the watchdog may have stepped it)
+    prefill_threads: int = 0
+    threads_auto: bool = True  # False when --threads pinned them
+    thread_changes: int = 0  # watchdog steps during this decode
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,8 @@ class Engine:
         self.settings = settings
         self.info = info or read_gguf(settings.model_path)
         self.lock = threading.RLock()
+        # Before the load, so the first load reading spans it; the choice is re-read per turn.
+        self.threads = ThreadControl(self.set_threads, settings.threads)
         import llama_cpp
 
         install_log_capture()
@@ -188,7 +195,8 @@ class Engine:
                 n_ctx=settings.n_ctx,
                 n_batch=min(settings.n_batch, settings.n_ctx),
                 n_ubatch=min(settings.n_ubatch, settings.n_batch, settings.n_ctx),
-                n_threads=settings.threads or default_threads(),
+                n_threads=self.threads.choice.decode,
+                n_threads_batch=self.threads.choice.prefill,
                 n_gpu_layers=settings.gpu_layers,
                 type_k=_GGML_TYPE[settings.type_k],
                 type_v=_GGML_TYPE[settings.type_v],
@@ -198,6 +206,7 @@ class Engine:
                 verbose=False,
             )
         except ValueError as exc:
+            self.threads.close()
             if "context" in str(exc):
                 raise ModelError(
                     f"llama.cpp could not allocate a {settings.n_ctx}-token context for {Path(settings.model_path).name}",
@@ -231,8 +240,19 @@ class Engine:
         self._eos = self._token_text(self.llm.token_eos())
 
     def close(self) -> None:
+        self.threads.close()
         with self.lock:
             self.llm.close()
+
+    def set_threads(self, decode: int, prefill: int) -> None:
+        """Thread counts for single-token decode and for batches, on the live context (no reload).
+
+        llama.cpp picks n_threads for a one-token batch and n_threads_batch otherwise
+        (llama_context::graph_compute).
+        """
+        with self.lock:
+            self._lc.llama_set_n_threads(self.llm._ctx.ctx, decode, prefill)
+            self.llm.n_threads, self.llm.n_threads_batch = decode, prefill
 
     # tokens ---------------------------------------------------------------------------
 
@@ -568,6 +588,7 @@ class Generation:
                 top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, temp=s.temperature,
                 repeat_penalty=s.repeat_penalty,
             )  # fmt: skip
+            eng.threads.before_prefill()
             self._prefill(todo)
             t_prefill = time.perf_counter()
             if self.on_prefill_done:
@@ -590,6 +611,7 @@ class Generation:
                     ttft = now - t0
                 else:
                     latencies.append(now - last)
+                    eng.threads.on_token(now - last)
                 last = now
                 if lc.llama_vocab_is_eog(eng._vocab, token):
                     finish = "stop"
@@ -631,6 +653,10 @@ class Generation:
             decode_s=decode_s,
             finish_reason=finish,
             token_latencies_s=tuple(latencies),
+            decode_threads=int(llm.n_threads),  # what the context ran with, however it was set
+            prefill_threads=int(llm.n_threads_batch),
+            threads_auto=eng.threads.choice.auto,
+            thread_changes=eng.threads.changes,
         )
         if finish == "cancelled" and self.stop is not None and not n:
             raise Cancelled("stopped before the first token")

@@ -61,7 +61,7 @@ def probe(*, gpus: bool = True) -> MemorySnapshot:
         return MemorySnapshot(total, available, rss)
     found = _nvml_gpus()
     source = "nvml"
-    if not found:
+    if not found and _build_can_offload():
         found = _ggml_gpus()
         source = "ggml"
     return MemorySnapshot(total, available, rss, found, unified=False, gpu_source=source if found else "none")
@@ -177,6 +177,17 @@ def _nvml_gpus() -> tuple[GpuMemory, ...]:
     finally:
         with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
+
+
+def _build_can_offload() -> bool:
+    """Whether this llama.cpp build has a GPU backend at all. Without one ggml lists only the
+    CPU, and asking it cost 0.12 s of every cold start (issue 12)."""
+    try:
+        from .engine import supports_gpu_offload
+
+        return supports_gpu_offload()
+    except Exception:  # noqa: BLE001 - no llama_cpp: nothing to ask
+        return False
 
 
 _GGML_DEV_TYPE_GPU = 1  # enum ggml_backend_dev_type: CPU, GPU, IGPU, ACCEL, META

@@ -54,6 +54,9 @@ class TurnStats:
     state_save_s: float
     state_bytes: int
     model: str
+    decode_threads: int = 0  # CPU threads: chosen from the machine's load unless --threads pinned them
+    prefill_threads: int = 0
+    threads_auto: bool = True
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,9 @@ class GenerateResult:
     kv_type: str
     finish_reason: str
     prefill_tokens: int
+    decode_threads: int = 0
+    prefill_threads: int = 0
+    threads_auto: bool = True
 
 
 def kv_label(settings: EngineSettings) -> str:
@@ -632,6 +638,9 @@ class TurnStream:
                 state_save_s=save_s,
                 state_bytes=state_bytes,
                 model=rt.model_name,
+                decode_threads=st.decode_threads if st else 0,
+                prefill_threads=st.prefill_threads if st else 0,
+                threads_auto=st.threads_auto if st else True,
             ),
             notices=tuple(self.notices),
             compaction=result,
@@ -771,6 +780,9 @@ class GenerateStream:
                 kv_type=kv_label(engine.settings),
                 finish_reason=st.finish_reason,
                 prefill_tokens=st.prefill_tokens,
+                decode_threads=st.decode_threads,
+                prefill_threads=st.prefill_threads,
+                threads_auto=st.threads_auto,
             )
 
     def run(self) -> GenerateResult:

@@ -34,6 +34,7 @@ from ..config import load_defaults, save_default
 from ..errors import EdgechatError
 from ..memory import MemorySnapshot, probe
 from ..registry import resolve_model
+from ..threads import ThreadChoice
 from .figures import model_label, restore_phrase, snapshot_mode
 from .screens.compaction_view import CompactionView
 from .screens.dialogs import ConfirmDelete, RenameDialog
@@ -591,6 +592,7 @@ class EdgechatApp(App[None]):
             ctx_used=st.context_tokens, ctx_limit=st.context_limit, kv_bytes=kv_bytes, kv_type=st.kv_type,
             ttft_s=st.ttft_s, tokens_per_s=st.decode_tokens_per_s or None, restore=phrase,
             model=model_label(st.model) or self.status.figures.model,
+            threads=ThreadChoice(st.decode_threads, st.prefill_threads, st.threads_auto).label() if st.decode_threads else "",
         )  # fmt: skip
         self.refresh_sidebar()
 

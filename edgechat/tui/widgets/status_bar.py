@@ -1,4 +1,4 @@
-"""One line of live figures: model, KV type, context gauge, KV size, memory, last turn, resume source."""
+"""One line of live figures: model, KV type, context gauge, KV size, memory, last turn (with its threads), resume source."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ class StatusFigures:
     restore: str = ""
     activity: str = ""  # loading model… / thinking… / generating…; empty when idle
     activity_since: float = 0.0
+    threads: str = ""  # the last turn's CPU threads, e.g. "1/2 threads" (decode/prefill)
 
 
 class StatusBar(Widget):
@@ -93,7 +94,8 @@ class StatusBar(Widget):
             out.append((3, Content.from_markup("[$success]$text[/]", text=f.restore)))
         if f.ttft_s is not None and not still:
             rate = f" · {f.tokens_per_s:.0f} tok/s" if f.tokens_per_s else ""
-            out.append((4, Content(f"TTFT {duration(f.ttft_s)}{rate}")))
+            threads = f" · {f.threads}" if f.threads else ""
+            out.append((4, Content(f"TTFT {duration(f.ttft_s)}{rate}{threads}")))
         if f.model and f.ctx_limit:
             out.append((5, Content(f"KV {megabytes(f.kv_bytes)}")))
         if f.rss_bytes and not still:
