@@ -117,7 +117,7 @@ def run_server(make_runtime: Callable[[], Any], options: ServeOptions) -> int:
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
             if not self.should_exit:
-                asyncio.ensure_future(self._load())
+                self.load_task = asyncio.ensure_future(self._load())  # held: the loop keeps only a weak reference
 
         async def _load(self) -> None:
             try:

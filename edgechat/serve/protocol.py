@@ -309,8 +309,13 @@ def parse_completion(body: Any) -> CompletionRequest:
         raise _type_error("prompt", "a string (one prompt per request)", prompt)
     if not prompt.strip():
         raise _bad("the prompt is empty", "prompt")
-    for key in ("echo", "suffix", "best_of"):
-        if body.get(key) not in (None, False, "", 1):
+    unsupported = {
+        "echo": body.get("echo") not in (None, False),
+        "suffix": body.get("suffix") not in (None, ""),
+        "best_of": body.get("best_of") not in (None, 1) or body.get("best_of") is True,
+    }
+    for key, refused in unsupported.items():
+        if refused:
             raise _bad(f"{key} is not supported by this server", key, "unsupported_value")
     stream, include_usage = _stream_flags(body)
     return CompletionRequest(
