@@ -19,8 +19,13 @@ def test_a_chat_request_splits_into_system_history_and_new_message() -> None:
     req = parse_chat(
         {
             "model": "m",
-            "messages": _msgs(("system", "Be brief."), ("developer", "No lists."), ("user", "hi"),
-                              ("assistant", "hello"), ("user", [{"type": "text", "text": "how "}, {"type": "text", "text": "are you"}])),  # fmt: skip
+            "messages": _msgs(
+                ("system", "Be brief."),
+                ("developer", "No lists."),
+                ("user", "hi"),
+                ("assistant", "hello"),
+                ("user", [{"type": "text", "text": "how "}, {"type": "text", "text": "are you"}]),
+            ),  # fmt: skip
             "max_completion_tokens": 7,
             "stop": "END",
             "stream": True,
@@ -88,7 +93,9 @@ def test_history_keys_ignore_what_clients_change_on_the_way_back() -> None:
     assert history_key("", [("user", "hi")]) != history_key("", [("assistant", "hi")])
 
 
-@given(st.lists(st.tuples(st.sampled_from(["user", "assistant"]), st.text(max_size=20)), max_size=6), st.text(max_size=10))
+@given(
+    st.lists(st.tuples(st.sampled_from(["user", "assistant"]), st.text(max_size=20)), max_size=6), st.text(max_size=10)
+)
 def test_prefix_keys_are_the_keys_of_each_prefix(messages: list[tuple[str, str]], system: str) -> None:
     keys = prefix_keys(system, messages)
     assert keys == [history_key(system, messages[:k]) for k in range(len(messages) + 1)]

@@ -130,7 +130,8 @@ async def _disconnected(request: Request) -> None:
 async def _next_output(job: Job, watcher: asyncio.Future[None]) -> tuple[str, Any] | None:
     """The job's next event, or None when the client disconnected first (the job is then stopped)."""
     getter = asyncio.ensure_future(job.events.get())
-    done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    waiting: set[asyncio.Future[Any]] = {getter, watcher}
+    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     if getter in done:
         return getter.result()
     getter.cancel()

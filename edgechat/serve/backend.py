@@ -35,10 +35,12 @@ class Backend:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.index = ConversationIndex(runtime.store)
+        self.initial = ("", "")  # the model the server started with: (name, spec), always selectable
 
     def start(self) -> str:
         """Load the model and index the stored conversations; returns the model's name."""
         self.rt.load()
+        self.initial = (self.rt.model_name, self.rt.model_spec)
         self.index.rebuild()
         return self.rt.model_name
 
@@ -55,7 +57,8 @@ class Backend:
         except EdgechatError:
             rows = []
         loaded = self.rt.model_name
-        return ModelInfo(loaded, tuple(r["name"] for r in rows if r.get("downloaded") and r["name"] != loaded))
+        names = [self.initial[0]] + [r["name"] for r in rows if r.get("downloaded")]
+        return ModelInfo(loaded, tuple(dict.fromkeys(n for n in names if n and n != loaded)))
 
     def _names_of_loaded(self) -> tuple[str, ...]:
         engine = self.rt.engine
@@ -76,8 +79,7 @@ class Backend:
                 code="model_not_found",
                 param="model",
             )
-        self.rt.load(requested)
-        self.index.rebuild()
+        self.rt.load(self.initial[1] if requested == self.initial[0] else requested)
 
     def _sampling_overrides(self, s: Sampling) -> dict[str, Any]:
         return {
