@@ -142,7 +142,8 @@ def main() -> None:
         args.model = str(fetch("smollm2-135m"))
     ctx = ((args.tokens + 600) // 256 + 1) * 256
     engine_args = ["-m", args.model, "--ctx", str(ctx), "--threads", str(args.threads)]
-    out: dict[str, Any] = {"model": Path(args.model).name, "ctx": ctx, "threads": args.threads}
+    out: dict[str, Any] = {"model": Path(args.model).name, "ctx": ctx, "threads": args.threads,
+                           "load_average_start": os.getloadavg()[0], "cpus": os.cpu_count()}  # fmt: skip
 
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "serve"
@@ -193,6 +194,7 @@ def main() -> None:
         decode.pop("text")
         assert server.stop() == 0
 
+    out["load_average_end"] = os.getloadavg()[0]
     out["resume"] = {
         "history_tokens": cold["prompt_tokens"],
         "reprefill": cold,
@@ -219,7 +221,10 @@ def main() -> None:
         print(json.dumps(out, indent=2))
         return
     r, h, d = out["resume"], out["http_overhead"], out["decode"]
-    print(f"model {out['model']}, ctx {ctx}, {args.threads} threads")
+    print(
+        f"model {out['model']}, ctx {ctx}, {args.threads} threads; load average {out['load_average_start']:.1f} "
+        f"▸ {out['load_average_end']:.1f} on {out['cpus']} CPUs"
+    )
     print(
         f"resume after restart, {r['history_tokens']}-token history: re-prefill TTFT {r['reprefill']['ttft_client_s']:.2f} s "
         f"({r['reprefill']['prefill_tokens']} tokens prefilled, {r['reprefill']['restored_from']}) vs resume "

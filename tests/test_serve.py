@@ -268,8 +268,9 @@ def test_a_request_may_pick_another_listed_model_and_switch_back(keyed: ServerPr
     client = keyed.client("s3cret")
     assert [m.id for m in client.models.list().data] == [MODEL, "gemma3-270m"]
     hi = [{"role": "user", "content": "hi"}]
-    other = client.chat.completions.create(model="gemma3-270m", messages=hi, max_tokens=2, temperature=0)
-    assert other.model == "gemma3-270m"
+    other = client.chat.completions.create(model="gemma3-270m", messages=hi, max_tokens=2, temperature=0, stream=True)
+    assert {chunk.model for chunk in other} == {"gemma3-270m"}
+    assert httpx.get(keyed.url + "/health").json()["model"] == "gemma3-270m"
     assert [m.id for m in client.models.list().data] == ["gemma3-270m", MODEL]
     back = client.chat.completions.create(model=MODEL, messages=hi, max_tokens=2, temperature=0)
     assert back.model == MODEL

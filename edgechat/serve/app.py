@@ -170,7 +170,7 @@ async def _serve_request(
     state: ServerState,
     req: Any,
     run: Callable[[Backend], Runner],
-    stream_body: Callable[[str, int, Job, Any, tuple[str, Any]], AsyncIterator[bytes]],
+    stream_body: Callable[[str, int, str, Job, Any, tuple[str, Any]], AsyncIterator[bytes]],
     respond: Callable[[str, int, Outcome], dict[str, Any]],
     prefix: str,
 ) -> Response:
@@ -189,7 +189,7 @@ async def _serve_request(
         ) from None
     rid, created = new_id(prefix), int(time.time())
     headers: dict[str, str] = {}
-    pieces: list[str] = []
+    model = state.model
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
         while True:
@@ -200,14 +200,16 @@ async def _serve_request(
             if kind == "conversation":
                 headers["X-Edgechat-Conversation"] = data
                 continue
+            if kind == "model":  # the request may have switched models
+                model = state.model = data
+                continue
             if kind == "error":
                 raise to_api_error(data)
             if req.stream:
                 # The first output decides: errors before it get a proper status, after it an SSE error.
-                return EventStream(stream_body(rid, created, job, req, event), job, headers)
+                return EventStream(stream_body(rid, created, model, job, req, event), job, headers)
             if kind == "piece":
-                pieces.append(data)
-                continue
+                continue  # the outcome holds the whole text
             return JSONResponse(respond(rid, created, data), headers=headers)
     finally:
         watcher.cancel()
@@ -222,43 +224,39 @@ async def _events_after(job: Job, first: tuple[str, Any]) -> AsyncIterator[tuple
         event = await job.events.get()
 
 
-def _chat_stream(model: str) -> Callable[[str, int, Job, Any, tuple[str, Any]], AsyncIterator[bytes]]:
-    async def body(rid: str, created: int, job: Job, req: Any, first: tuple[str, Any]) -> AsyncIterator[bytes]:
-        yield _sse(chat_chunk(rid, created, model, {"role": "assistant", "content": ""}))
-        async for kind, data in _events_after(job, first):
-            if kind == "piece":
-                yield _sse(chat_chunk(rid, created, model, {"content": data}))
-            elif kind == "error":
-                yield _sse(to_api_error(data).body())
-            elif kind == "done":
-                last = chat_chunk(rid, created, data.model, {}, data.openai_finish)
-                last["edgechat"] = data.edgechat
-                yield _sse(last)
-                if req.include_usage:
-                    yield _sse({**chat_chunk(rid, created, data.model, {}), "choices": [], "usage": usage(data),
-                                "edgechat": data.edgechat})  # fmt: skip
-        yield b"data: [DONE]\n\n"
-
-    return body
+async def _chat_stream(
+    rid: str, created: int, model: str, job: Job, req: Any, first: tuple[str, Any]
+) -> AsyncIterator[bytes]:
+    yield _sse(chat_chunk(rid, created, model, {"role": "assistant", "content": ""}))
+    async for kind, data in _events_after(job, first):
+        if kind == "piece":
+            yield _sse(chat_chunk(rid, created, model, {"content": data}))
+        elif kind == "error":
+            yield _sse(to_api_error(data).body())
+        elif kind == "done":
+            last = chat_chunk(rid, created, data.model, {}, data.openai_finish)
+            yield _sse({**last, "edgechat": data.edgechat})
+            if req.include_usage:
+                tail = chat_chunk(rid, created, data.model, {})
+                yield _sse({**tail, "choices": [], "usage": usage(data), "edgechat": data.edgechat})
+    yield b"data: [DONE]\n\n"
 
 
-def _completion_stream(model: str) -> Callable[[str, int, Job, Any, tuple[str, Any]], AsyncIterator[bytes]]:
-    async def body(rid: str, created: int, job: Job, req: Any, first: tuple[str, Any]) -> AsyncIterator[bytes]:
-        async for kind, data in _events_after(job, first):
-            if kind == "piece":
-                yield _sse(completion_chunk(rid, created, model, data))
-            elif kind == "error":
-                yield _sse(to_api_error(data).body())
-            elif kind == "done":
-                last = completion_chunk(rid, created, data.model, "", data.openai_finish)
-                last["edgechat"] = data.edgechat
-                yield _sse(last)
-                if req.include_usage:
-                    yield _sse({**completion_chunk(rid, created, data.model, ""), "choices": [], "usage": usage(data),
-                                "edgechat": data.edgechat})  # fmt: skip
-        yield b"data: [DONE]\n\n"
-
-    return body
+async def _completion_stream(
+    rid: str, created: int, model: str, job: Job, req: Any, first: tuple[str, Any]
+) -> AsyncIterator[bytes]:
+    async for kind, data in _events_after(job, first):
+        if kind == "piece":
+            yield _sse(completion_chunk(rid, created, model, data))
+        elif kind == "error":
+            yield _sse(to_api_error(data).body())
+        elif kind == "done":
+            last = completion_chunk(rid, created, data.model, "", data.openai_finish)
+            yield _sse({**last, "edgechat": data.edgechat})
+            if req.include_usage:
+                tail = completion_chunk(rid, created, data.model, "")
+                yield _sse({**tail, "choices": [], "usage": usage(data), "edgechat": data.edgechat})
+    yield b"data: [DONE]\n\n"
 
 
 # -- the app --------------------------------------------------------------------------------
@@ -307,15 +305,13 @@ async def chat_completions(request: Request, state: ServerState) -> Response:
         from dataclasses import replace
 
         req = replace(req, conversation_id=header_cid)
-    return await _serve_request(
-        request, state, req, lambda b: b.chat, _chat_stream(state.model), chat_response, "chatcmpl"
-    )
+    return await _serve_request(request, state, req, lambda b: b.chat, _chat_stream, chat_response, "chatcmpl")
 
 
 async def completions(request: Request, state: ServerState) -> Response:
     req = parse_completion(await read_json(request, state.max_body_bytes))
     return await _serve_request(
-        request, state, req, lambda b: b.complete, _completion_stream(state.model), completion_response, "cmpl"
+        request, state, req, lambda b: b.complete, _completion_stream, completion_response, "cmpl"
     )
 
 

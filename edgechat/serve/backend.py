@@ -19,7 +19,7 @@ from ..store import NewMessage
 from .matching import ConversationIndex, same_messages, stored_history
 from .protocol import ApiError, ChatRequest, CompletionRequest, Outcome, Sampling
 
-Emit = Callable[[str, Any], None]  # ("piece", text) | ("conversation", id)
+Emit = Callable[[str, Any], None]  # ("model", name) | ("conversation", id) | ("piece", text)
 SEED_MOD = 2**32  # llama.cpp's sampler seed is a uint32
 
 
@@ -93,6 +93,7 @@ class Backend:
 
     def chat(self, req: ChatRequest, emit: Emit, stop: threading.Event) -> Outcome:
         self._select_model(req.model)
+        emit("model", self.rt.model_name)
         conv, created = self._conversation_for(req)
         emit("conversation", conv.id)
         o = self._sampling_overrides(req.sampling)
@@ -192,6 +193,7 @@ class Backend:
         """A stateless raw completion; `edgechat` says what the live cache saved (no conversation)."""
         self._select_model(req.model)
         rt = self.rt
+        emit("model", rt.model_name)
         sampling = rt.sampling(**self._sampling_overrides(req.sampling))
         stream = rt.generate(req.prompt, raw=True, sampling=sampling, stop=stop, stop_strings=req.sampling.stop)
         text: list[str] = []
