@@ -9,9 +9,10 @@
 2. HTTP overhead: the same one-token completion of a cached prompt, N times in-process
    (`Runtime.generate`) and N times through the server (`POST /v1/completions`, keep-alive);
    the difference of the medians is what HTTP, JSON and the thread hop add per request.
-3. Decode speed: one greedy 128-token reply streamed from the server (client-side tokens/s
+3. Decode speed: a greedy 128-token reply streamed from the server (client-side tokens/s
    between the first and last chunk, and the server's own figure) against
-   `edgechat generate --json` (its decode_tokens_per_s) on the same prompt.
+   `edgechat generate --json` (its decode_tokens_per_s) on the same prompt; the two
+   alternate --decode-repeats times and the medians are compared.
 
     .venv/bin/python scripts/bench_serve.py [-m MODEL] [--tokens 2000] [--threads 2] [--json]
 """
@@ -134,6 +135,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=20, help="requests per side for the HTTP overhead")
     ap.add_argument("--decode-tokens", type=int, default=128)
+    ap.add_argument("--decode-repeats", type=int, default=3, help="alternating server / generate runs (medians)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.model is None:
@@ -158,13 +160,14 @@ def main() -> None:
                 rt.generate(CACHED_PROMPT, raw=True, sampling=sampling).run()
                 inproc.append(time.perf_counter() - t)
 
-        # `edgechat generate`, the decode baseline (its own process, as a user runs it).
-        gen = subprocess.run(
-            [sys.executable, "-m", "edgechat", "--home", str(Path(tmp) / "gen"), "generate", DECODE_PROMPT, "--json",
-             "--temperature", "0", "--max-tokens", str(args.decode_tokens), *engine_args],
-            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True,
-        )  # fmt: skip
-        generated = json.loads(gen.stdout)
+        def generate() -> dict[str, Any]:
+            """`edgechat generate`, the decode baseline (its own process, as a user runs it)."""
+            done = subprocess.run(
+                [sys.executable, "-m", "edgechat", "--home", str(Path(tmp) / "gen"), "generate", DECODE_PROMPT,
+                 "--json", "--temperature", "0", "--max-tokens", str(args.decode_tokens), *engine_args],
+                capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True,
+            )  # fmt: skip
+            return dict(json.loads(done.stdout))
 
         # Server 1: the history arrives cold (re-prefill), then overhead and decode.
         server = Server(home, engine_args)
@@ -179,10 +182,12 @@ def main() -> None:
             t = time.perf_counter()
             server.http.post("/v1/completions", json=completion).raise_for_status()
             served.append(time.perf_counter() - t)
-        decode = stream_chat(
-            server.http,
-            {**chat, "max_tokens": args.decode_tokens, "messages": [{"role": "user", "content": DECODE_PROMPT}]},
-        )
+        # Decode: server and `generate` alternate, so a change in the machine's load hits both sides.
+        decodes, generated = [], []
+        for _ in range(args.decode_repeats):
+            decodes.append(stream_chat(server.http, {**chat, "max_tokens": args.decode_tokens,
+                                                     "messages": [{"role": "user", "content": DECODE_PROMPT}]}))  # fmt: skip
+            generated.append(generate())
         assert server.stop() == 0
 
         # Server 2, a new process on the same home: the follow-up resumes from the state file.
@@ -191,7 +196,6 @@ def main() -> None:
         server = Server(home, engine_args)
         warm = stream_chat(server.http, {**chat, "messages": follow_up})
         warm.pop("text")
-        decode.pop("text")
         assert server.stop() == 0
 
     out["load_average_end"] = os.getloadavg()[0]
@@ -208,14 +212,20 @@ def main() -> None:
         "overhead_ms": (statistics.median(served) - statistics.median(inproc)) * 1000,
         "repeats": args.repeats,
     }
+    gen_tok_s = statistics.median(g["decode_tokens_per_s"] for g in generated)
+    client_tok_s = statistics.median(d["decode_client_tok_s"] for d in decodes)
+    engine_tok_s = statistics.median(d["decode_server_tok_s"] for d in decodes)
     out["decode"] = {
-        "generate_tok_s": generated["decode_tokens_per_s"],
-        "generate_tokens": generated["completion_tokens"],
-        "server_client_tok_s": decode["decode_client_tok_s"],
-        "server_engine_tok_s": decode["decode_server_tok_s"],
-        "server_tokens": decode["completion_tokens"],
-        "ratio_client": decode["decode_client_tok_s"] / generated["decode_tokens_per_s"],
-        "ratio_engine": decode["decode_server_tok_s"] / generated["decode_tokens_per_s"],
+        "generate_tok_s": gen_tok_s,
+        "generate_tokens": generated[0]["completion_tokens"],
+        "server_client_tok_s": client_tok_s,
+        "server_engine_tok_s": engine_tok_s,
+        "server_tokens": decodes[0]["completion_tokens"],
+        "ratio_client": client_tok_s / gen_tok_s,
+        "ratio_engine": engine_tok_s / gen_tok_s,
+        "repeats": args.decode_repeats,
+        "runs_generate_tok_s": [g["decode_tokens_per_s"] for g in generated],
+        "runs_server_client_tok_s": [d["decode_client_tok_s"] for d in decodes],
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -237,7 +247,8 @@ def main() -> None:
     )
     print(
         f"decode: server {d['server_client_tok_s']:.1f} tok/s at the client ({d['server_engine_tok_s']:.1f} in its engine) "
-        f"vs generate {d['generate_tok_s']:.1f} tok/s: {d['ratio_client']:.2f}x ({d['ratio_engine']:.2f}x)"
+        f"vs generate {d['generate_tok_s']:.1f} tok/s: {d['ratio_client']:.2f}x ({d['ratio_engine']:.2f}x), "
+        f"medians of {d['repeats']} alternating runs"
     )
 
 

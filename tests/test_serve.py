@@ -189,6 +189,23 @@ def test_stop_sequences_and_max_tokens(server: ServerProc) -> None:
     assert stopped.choices[0].message.content == text[: text.index(stop)]
 
 
+def test_concurrent_requests_queue_and_are_all_answered(server: ServerProc) -> None:
+    results: list[httpx.Response] = []
+
+    def ask(i: int) -> None:
+        results.append(
+            _post(server.url, "/v1/chat/completions", _chat(("user", f"Say {i}."), max_tokens=2, temperature=0))
+        )
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(r.status_code for r in results) == [200, 200, 200]
+    assert len({r.json()["edgechat"]["conversation_id"] for r in results}) == 3
+
+
 # -- errors -------------------------------------------------------------------------------------
 
 
