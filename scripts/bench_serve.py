@@ -118,6 +118,7 @@ def stream_chat(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
         "text": "".join(text),
         "ttft_client_s": first - t0,
         "ttft_server_s": final["edgechat"]["ttft_s"],
+        "restore_s": final["edgechat"].get("restore_s"),
         "restored_from": final["edgechat"]["restored_from"],
         "prefill_tokens": final["edgechat"]["prefill_tokens"],
         "prompt_tokens": final["usage"]["prompt_tokens"],

@@ -129,6 +129,7 @@ class Backend:
                 "context_limit": st.context_limit,
                 "compacted": st.compacted,
                 "ttft_s": round(st.ttft_s, 4),
+                "restore_s": round(st.restore_s, 4),
                 "decode_tokens_per_s": round(st.decode_tokens_per_s, 2),
                 "kv_type": st.kv_type,
                 "finish_reason": st.finish_reason,
