@@ -103,6 +103,16 @@ def _stored(home: Path, cid: str) -> list:
         store.close()
 
 
+def _count(home: Path) -> int:
+    from edgechat.store import Store
+
+    store = Store(home / "conversations.db")
+    try:
+        return len(store.conversations())
+    finally:
+        store.close()
+
+
 def _post(url: str, path: str, body: object, headers: dict[str, str] | None = None) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"Content-Type": "application/json", **(headers or {})}
@@ -189,6 +199,49 @@ def test_stop_sequences_and_max_tokens(server: ServerProc) -> None:
     assert stopped.choices[0].message.content == text[: text.index(stop)]
 
 
+def test_follow_up_repeating_history_continues_the_conversation(server: ServerProc) -> None:
+    client = server.client()
+    history = [{"role": "system", "content": "You are a geography tutor."}, {"role": "user", "content": FRANCE}]
+    first = client.chat.completions.create(model=MODEL, messages=history, temperature=0, max_tokens=12)
+    history += [{"role": "assistant", "content": first.choices[0].message.content}]
+    history += [{"role": "user", "content": "And of Italy?"}]
+    second = client.chat.completions.create(model=MODEL, messages=history, temperature=0, max_tokens=12)
+    a, b = _extra(first), _extra(second)
+    assert b["conversation_id"] == a["conversation_id"] and b["restored_from"] == "memory"
+    # Only the new message and its template scaffolding are prefilled: the rest was cached.
+    new_tokens = second.usage.prompt_tokens - first.usage.prompt_tokens - first.usage.completion_tokens
+    assert 0 < b["prefill_tokens"] <= new_tokens + 2 < second.usage.prompt_tokens // 2
+    stored = _stored(server.home, a["conversation_id"])
+    assert [m.content for m in stored][-2:] == ["And of Italy?", second.choices[0].message.content]
+    listed = run_cli("conversations", "list", "--json", home=server.home)
+    row = next(c for c in json.loads(listed.stdout) if c["id"] == a["conversation_id"])
+    assert row["settings"]["system_prompt"] == "You are a geography tutor." and row["model"].endswith(".gguf")
+
+
+def test_a_history_that_diverges_starts_a_new_conversation_holding_it(server: ServerProc) -> None:
+    client = server.client()
+    messages = [
+        {"role": "user", "content": "Hi, I am Ada."},
+        {"role": "assistant", "content": "Hello Ada! How can I help?"},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    r = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=10)
+    ec = _extra(r)
+    assert ec["restored_from"] == "transcript" or ec["restored_from"] == "new"
+    stored = _stored(server.home, ec["conversation_id"])
+    assert [m.content for m in stored][:3] == [m["content"] for m in messages]
+    # The explicit id continues it too, with only the new message sent.
+    again = _post(server.url, "/v1/chat/completions", _chat(("user", "Thanks!"), max_tokens=3, temperature=0),
+                  headers={"X-Edgechat-Conversation": ec["conversation_id"]})  # fmt: skip
+    assert again.status_code == 200 and again.json()["edgechat"]["conversation_id"] == ec["conversation_id"]
+    assert again.headers["x-edgechat-conversation"] == ec["conversation_id"]
+    assert len(_stored(server.home, ec["conversation_id"])) == 6
+    # Named, it must be continued: a history that is not its own is a conflict, not a silent fork.
+    wrong = _post(server.url, "/v1/chat/completions", _chat(("user", "Hi, I am Bob."), ("assistant", "Hi Bob."),
+                  ("user", "Who am I?"), conversation_id=ec["conversation_id"], max_tokens=1))  # fmt: skip
+    assert wrong.status_code == 409 and wrong.json()["error"]["code"] == "conversation_mismatch"
+
+
 def test_concurrent_requests_queue_and_are_all_answered(server: ServerProc) -> None:
     results: list[httpx.Response] = []
 
@@ -222,7 +275,7 @@ def test_each_bad_request_gets_its_status_and_the_server_goes_on(server: ServerP
         (_chat(("user", "hi"), conversation_id="nosuchid"), 404, "conversation_not_found"),
         (_chat(("user", words)), 400, "context_length_exceeded"),
     ]
-    before = len(json.loads(run_cli("conversations", "list", "--json", home=server.home).stdout))
+    before = _count(server.home)
     for body, status, code in cases:
         r = _post(server.url, "/v1/chat/completions", body)
         assert r.status_code == status, (body, r.text)
@@ -230,7 +283,7 @@ def test_each_bad_request_gets_its_status_and_the_server_goes_on(server: ServerP
         assert err["code"] == code and err["message"] and err["type"] in ("invalid_request_error", "server_error")
         ok = _post(server.url, "/v1/chat/completions", _chat(("user", "hi"), max_tokens=1, temperature=0))
         assert ok.status_code == 200, ok.text
-    after = len(json.loads(run_cli("conversations", "list", "--json", home=server.home).stdout))
+    after = _count(server.home)
     assert after == before + len(cases)  # the good requests only: a failed one leaves no conversation
     assert httpx.get(server.url + "/v1/nothing").json()["error"]["code"] == "not_found"
     assert httpx.get(server.url + "/v1/chat/completions").status_code == 405
