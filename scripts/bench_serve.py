@@ -6,9 +6,10 @@
    SIGTERM, a new one is started on the same home, and the same history plus the reply and
    one new message is sent again (restored from the state file). TTFT as the client sees
    it (request sent ▸ first content chunk) and as the server reports it (`edgechat.ttft_s`).
-2. HTTP overhead: the same one-token completion of a cached prompt, N times in-process
-   (`Runtime.generate`) and N times through the server (`POST /v1/completions`, keep-alive);
-   the difference of the medians is what HTTP, JSON and the thread hop add per request.
+2. HTTP overhead: the same one-token completion of a cached prompt, in-process
+   (`Runtime.generate`) and through the server (`POST /v1/completions`, keep-alive),
+   alternating N times; the difference of the medians is what HTTP, JSON and the thread
+   hop add per request.
 3. Decode speed: a greedy 128-token reply streamed from the server (client-side tokens/s
    between the first and last chunk, and the server's own figure) against
    `edgechat generate --json` (its decode_tokens_per_s) on the same prompt; the two
@@ -150,16 +151,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "serve"
-        # In-process side: the history to send, and the per-request cost without HTTP.
-        with Runtime(model=args.model, home=Path(tmp) / "inproc", ctx=ctx, threads=args.threads) as rt:
-            history = history_of(rt, args.tokens)
-            sampling = rt.sampling(max_tokens=1, temperature=0.0)
-            rt.generate(CACHED_PROMPT, raw=True, sampling=sampling).run()  # warm: the prompt is cached
-            inproc = []
-            for _ in range(args.repeats):
-                t = time.perf_counter()
-                rt.generate(CACHED_PROMPT, raw=True, sampling=sampling).run()
-                inproc.append(time.perf_counter() - t)
+        # In-process side (kept open, idle while the server works): the history to send, and the
+        # per-request cost without HTTP, measured alternately with the server's below.
+        rt = Runtime(model=args.model, home=Path(tmp) / "inproc", ctx=ctx, threads=args.threads)
+        history = history_of(rt, args.tokens)
+        sampling = rt.sampling(max_tokens=1, temperature=0.0)
+        rt.generate(CACHED_PROMPT, raw=True, sampling=sampling).run()  # warm: the prompt is cached
 
         def generate() -> dict[str, Any]:
             """`edgechat generate`, the decode baseline (its own process, as a user runs it)."""
@@ -178,11 +175,15 @@ def main() -> None:
         cold = stream_chat(server.http, {**chat, "messages": messages})
         completion = {"model": chat["model"], "prompt": CACHED_PROMPT, "max_tokens": 1, "temperature": 0}
         server.http.post("/v1/completions", json=completion).raise_for_status()
-        served = []
+        inproc, served = [], []
         for _ in range(args.repeats):
+            t = time.perf_counter()
+            rt.generate(CACHED_PROMPT, raw=True, sampling=sampling).run()
+            inproc.append(time.perf_counter() - t)
             t = time.perf_counter()
             server.http.post("/v1/completions", json=completion).raise_for_status()
             served.append(time.perf_counter() - t)
+        rt.close()
         # Decode: server and `generate` alternate, so a change in the machine's load hits both sides.
         decodes, generated = [], []
         for _ in range(args.decode_repeats):
@@ -239,7 +240,8 @@ def main() -> None:
     print(
         f"resume after restart, {r['history_tokens']}-token history: re-prefill TTFT {r['reprefill']['ttft_client_s']:.2f} s "
         f"({r['reprefill']['prefill_tokens']} tokens prefilled, {r['reprefill']['restored_from']}) vs resume "
-        f"{r['resume']['ttft_client_s']:.3f} s ({r['resume']['prefill_tokens']} prefilled, {r['resume']['restored_from']}): "
+        f"{r['resume']['ttft_client_s']:.3f} s ({r['resume']['prefill_tokens']} prefilled, {r['resume']['restored_from']}, "
+        f"restore {r['resume']['restore_s']:.3f} s): "
         f"{r['ttft_ratio_client']:.1f}x (server-side {r['ttft_ratio_server']:.1f}x)"
     )
     print(
