@@ -287,6 +287,46 @@ def chat(
     _guard(body)
 
 
+# serve ----------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; any but loopback needs --api-key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port (0: any free one, shown in the ready line).")] = 8080,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="EDGECHAT_API_KEY", help="Require Authorization: Bearer KEY.")
+    ] = None,
+    queue: Annotated[int, typer.Option("--queue", help="Requests that may wait behind the one running (503 beyond).")] = 16,
+    max_body_mb: Annotated[int, typer.Option("--max-body-mb", help="Largest request body, in MiB (413 beyond).")] = 8,
+    model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
+    flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
+    compaction: CompactOpt = None,
+) -> None:  # fmt: skip
+    """An OpenAI-compatible HTTP server; conversations resume from their saved KV cache."""
+
+    def body() -> None:
+        from .serve import ServeOptions, run_server
+
+        options = ServeOptions(
+            host=host, port=port, api_key=api_key, max_queue=queue, max_body_bytes=max_body_mb << 20,
+            debug=_state["debug"],
+        )  # fmt: skip
+
+        def make_runtime() -> Any:
+            rt = _runtime(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction)
+            # A server runs the model it was started with: a stored conversation's own model
+            # does not switch it (a request's "model" field may, among the listed ones).
+            rt.explicit_model = True
+            return rt
+
+        code = run_server(make_runtime, options)
+        if code:
+            raise typer.Exit(code)
+
+    _guard(body)
+
+
 # conversations --------------------------------------------------------------------------
 
 

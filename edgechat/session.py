@@ -266,8 +266,9 @@ class Runtime:
         raw: bool = False,
         sampling: SamplingSettings | None = None,
         stop: threading.Event | None = None,
+        stop_strings: Sequence[str] = (),
     ) -> GenerateStream:
-        return GenerateStream(self, prompt, system, raw, sampling or self.sampling(), stop)
+        return GenerateStream(self, prompt, system, raw, sampling or self.sampling(), stop, stop_strings)
 
     def sampling(self, **overrides: Any) -> SamplingSettings:
         d = self.defaults
@@ -506,14 +507,18 @@ class Conversation:
         temperature: float | None = None,
         seed: int | None = None,
         stop: threading.Event | None = None,
+        top_p: float | None = None,
+        stop_strings: Sequence[str] = (),
     ) -> TurnStream:
+        """A turn to iterate; `stop_strings` end the reply where one appears (it is not stored)."""
         settings = self.record.settings
         sampling = self.runtime.sampling(
             max_tokens=max_tokens if max_tokens is not None else settings.get("max_tokens"),
             temperature=temperature if temperature is not None else settings.get("temperature"),
             seed=seed,
+            top_p=top_p,
         )
-        return TurnStream(self, text, sampling, stop)
+        return TurnStream(self, text, sampling, stop, stop_strings)
 
 
 class TurnStream:
@@ -523,11 +528,20 @@ class TurnStream:
     "prefilled".
     """
 
-    def __init__(self, conv: Conversation, text: str, sampling: SamplingSettings, stop: threading.Event | None) -> None:
+    def __init__(
+        self,
+        conv: Conversation,
+        text: str,
+        sampling: SamplingSettings,
+        stop: threading.Event | None,
+        stop_strings: Sequence[str] = (),
+    ) -> None:
         self.conv = conv
         self.text = text
         self.sampling = sampling
         self.stop = stop
+        self.stop_strings = tuple(stop_strings)
+        self.prompt_tokens = 0  # the whole prompt of this turn (what OpenAI's usage calls prompt_tokens)
         self.reply: Reply | None = None
         self.notices: list[str] = []
         self.on_event: Callable[[str, Any], None] = lambda _k, _d: None
@@ -593,8 +607,11 @@ class TurnStream:
             self.on_event("compacted", result)
 
         t_gen = time.perf_counter()  # ttft_s covers restore and compaction too
+        self.prompt_tokens = len(tokens)
         points = checkpoint_points(engine, chat, tokens)
-        gen: Generation = engine.generate(tokens, self.sampling, stop=self.stop, checkpoint_at=points)
+        gen: Generation = engine.generate(
+            tokens, self.sampling, stop=self.stop, stop_strings=self.stop_strings, checkpoint_at=points
+        )
         interrupted: BaseException | None = None
         try:
             yield from gen
@@ -734,6 +751,7 @@ class GenerateStream:
         raw: bool,
         sampling: SamplingSettings,
         stop: threading.Event | None,
+        stop_strings: Sequence[str] = (),
     ) -> None:
         self.rt = rt
         self.prompt = prompt
@@ -741,6 +759,7 @@ class GenerateStream:
         self.raw = raw
         self.sampling = sampling
         self.stop = stop
+        self.stop_strings = tuple(stop_strings)
         self.result: GenerateResult | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -766,7 +785,7 @@ class GenerateStream:
             room = engine.n_ctx - len(tokens)
             if sampling.max_tokens > room:
                 sampling = replace(sampling, max_tokens=room)
-            gen = engine.generate(tokens, sampling, stop=self.stop)
+            gen = engine.generate(tokens, sampling, stop=self.stop, stop_strings=self.stop_strings)
             yield from gen
             st = gen.stats
             assert st is not None
