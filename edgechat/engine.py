@@ -80,22 +80,25 @@ def llama_log() -> str:
     return "".join(_LOG)
 
 
-_BUFFER_LINE = re.compile(r"(\S+) (model|KV|compute|output) buffer size =\s*([\d.]+) MiB")
+# llama.cpp pads the device name with "%10s" and the output line with an extra space
+# ("CPU  output buffer size"); the recurrent state of hybrids logs as "RS buffer".
+_BUFFER_LINE = re.compile(r"(\S+)\s+(model|KV|RS|compute|output) buffer size =\s*([\d.]+) MiB")
+_BUFFER_KINDS = ("model", "KV", "RS", "compute", "output")
 
 
 def logged_buffers(log: str | None = None) -> dict[str, float]:
     """MiB llama.cpp logged allocating at the most recent model load (the planner is checked against it).
 
-    Keys: each kind ("model", "KV", "compute", "output"), each "kind:device" (e.g.
-    "model:CPU_Mapped", "KV:CUDA0"), and "total", the sum of the kinds.
+    Keys: each kind ("model", "KV", "RS", "compute", "output"), each "kind:device" (e.g.
+    "model:CPU_Mapped", "model:CPU_REPACK", "KV:CUDA0"), and "total", the sum of the kinds.
     """
     text = llama_log() if log is None else log
     text = text[text.rfind("llama_model_loader: loaded meta data") :]  # the log spans every load
-    out: dict[str, float] = {"model": 0.0, "KV": 0.0, "compute": 0.0, "output": 0.0}
+    out: dict[str, float] = dict.fromkeys(_BUFFER_KINDS, 0.0)
     for device, kind, mib in _BUFFER_LINE.findall(text):
         out[kind] += float(mib)
         out[f"{kind}:{device}"] = out.get(f"{kind}:{device}", 0.0) + float(mib)
-    out["total"] = out["model"] + out["KV"] + out["compute"] + out["output"]
+    out["total"] = sum(out[k] for k in _BUFFER_KINDS)
     return out
 
 
