@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .config import private_dir
 from .errors import StateError
 
 FORMAT_VERSION = 1
@@ -108,7 +109,7 @@ class StateFiles:
         On any failure (disk full included) the previous header and payload stay as
         they were and the partial file is removed; the error propagates as StateError.
         """
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         gen = time.time_ns()
         payload = self.dir / f"{cid}-{gen}.kv"
         tmp_payload = payload.with_suffix(".kv.tmp")
@@ -116,6 +117,7 @@ class StateFiles:
         tmp_header = header_path.with_suffix(".json.tmp")
         try:
             write_payload(tmp_payload)
+            os.chmod(tmp_payload, 0o600)  # llama.cpp's fopen leaves it 0644: the tokens are the conversation
             _fsync_file(tmp_payload)
             crc = crc32_file(tmp_payload)
             size = tmp_payload.stat().st_size
@@ -131,7 +133,7 @@ class StateFiles:
                 **fields,  # type: ignore[arg-type]
             )
             data = json.dumps(asdict(header), separators=(",", ":")).encode()
-            with tmp_header.open("wb") as fh:
+            with os.fdopen(os.open(tmp_header, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
