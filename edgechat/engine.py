@@ -624,6 +624,10 @@ _MARK_OPEN, _MARK_CLOSE = "\ue000edgechat:", "\ue001"
 _MARK_SPLIT = re.compile(re.escape(_MARK_OPEN) + r"(\d+)" + re.escape(_MARK_CLOSE))
 
 
+# A format width of seven digits or more ("%9999999s", "{:>9999999}").
+_HUGE_WIDTH = re.compile(r"[%:][^%:{}\s]{0,8}?\d{7,}")
+
+
 class _RenderBudget(Exception):
     """A template render ran past its time or size budget."""
 
@@ -715,9 +719,9 @@ def _compile_template(source: str) -> Any:
         raise ValueError(message)
 
     class _Env(ImmutableSandboxedEnvironment):  # type: ignore[misc]
-        # "x" * 10**9 or 9 ** 9 ** 9 would allocate or compute for ever in one bytecode,
-        # out of the watchdog's reach: bound them before they run.
-        intercepted_binops = frozenset({"*", "**"})
+        # "x" * 10**9, 2 ** 10**9, "%999999999s" % x or "x".center(10**9) would allocate or
+        # compute for ever inside one bytecode, out of the watchdog's reach: bound them first.
+        intercepted_binops = frozenset({"*", "**", "+", "%"})
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
             if operator == "*":
@@ -726,7 +730,22 @@ def _compile_template(source: str) -> Any:
                         raise _RenderBudget(f"tried to build a sequence of {len(seq) * n:,} items")
             if operator == "**" and isinstance(right, int) and abs(right) > 1024:
                 raise _RenderBudget(f"tried to compute a power of {right:,}")
+            joined = isinstance(left, (str, list)) and isinstance(right, (str, list))
+            if operator == "+" and joined and len(left) + len(right) > 64 * RENDER_MAX_CHARS:
+                raise _RenderBudget("tried to build a sequence past the size budget")
+            if operator == "%" and isinstance(left, str) and _HUGE_WIDTH.search(left):
+                raise _RenderBudget("used a format width past the size budget")
             return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+            for value in (*args, *kwargs.values()):
+                if isinstance(value, int) and not isinstance(value, bool) and abs(value) > RENDER_MAX_CHARS:
+                    raise _RenderBudget("passed a size past the budget to a function")
+            owner = getattr(__obj, "__self__", None)
+            is_format = isinstance(owner, str) and getattr(__obj, "__name__", "") in ("format", "format_map")
+            if is_format and _HUGE_WIDTH.search(str(owner)):
+                raise _RenderBudget("used a format width past the size budget")
+            return super().call(__context, __obj, *args, **kwargs)
 
     env = _Env(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception

@@ -235,3 +235,15 @@ def test_gpu_layers_on_a_cpu_build_is_said_at_load(home: Path, smollm2: Path) ->
     r = run_cli("generate", "hi", "-m", str(smollm2), "--gpu-layers", "99", "--max-tokens", "1", *GREEDY, home=home)
     assert r.returncode == 0, r.stderr
     assert "--gpu-layers 99 ignored" in r.stderr
+
+
+def test_flash_attn_off_works_without_naming_a_kv_type(home: Path, smollm2: Path) -> None:
+    """It failed with 'a q8_0 V cache needs flash attention': the planner tried quantized V types."""
+    r = run_cli("generate", "hi", "-m", str(smollm2), "--flash-attn", "off", "--max-tokens", "2", "--json", *GREEDY,
+                home=home)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["kv_type"] == "f16"
+    r = run_cli("generate", "hi", "-m", str(smollm2), "--flash-attn", "off", "--k-type", "q8_0", "--max-tokens", "2",
+                "--json", *GREEDY, home=home)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["kv_type"] == "q8_0/f16"

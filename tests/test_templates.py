@@ -105,8 +105,11 @@ def test_a_hostile_template_loop_is_stopped(eng: Engine, template, monkeypatch: 
         "{{ 'x' * 100000000 }}",
         "{% for a in range(100000) %}{{ 'abcdefghijklmnopqrstuvwxyz' }}{% endfor %}",
         "{{ 2 ** 100000000 }}",
+        "{{ '%999999999s' % 'x' }}",
+        "{{ 'x'.center(1000000000) }}",
+        "{{ '{:>999999999}'.format('x') }}",
     ],
-    ids=["str-multiply", "long-output", "power"],
+    ids=["str-multiply", "long-output", "power", "percent-width", "center", "format-width"],
 )
 def test_template_output_is_capped(eng: Engine, template, source: str) -> None:
     template(source)
