@@ -91,11 +91,28 @@ def _runtime(
 ) -> Any:
     from .session import Runtime
 
+    for name, value in (("--ctx", ctx), ("--budget-mb", budget_mb), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise EdgechatError(
+                f"{name} {value} must be a positive number", f"give {name} a value above 0, or leave it out"
+            )
     return Runtime(
         model, home=_state["home"], kv_type=kv_type, type_k=k_type, type_v=v_type, ctx=ctx,
         flash_attn=_flash(flash_attn), gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb,
         compaction=compaction, on_notice=on_notice,
     )  # fmt: skip
+
+
+def _read_stdin() -> str:
+    """All of stdin as text; bytes that are not UTF-8 are a one-line error, not a traceback."""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EdgechatError(
+            f"the input is not valid UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})",
+            "convert it to UTF-8 first, e.g. iconv -f latin1 -t utf-8",
+        ) from None
 
 
 def _stream_out(pieces: Iterator[str]) -> None:
@@ -137,7 +154,7 @@ def _main(
 
 @app.command()
 def generate(
-    prompt: Annotated[str | None, typer.Argument(help="The prompt (read from stdin when omitted).")] = None,
+    prompt: Annotated[str | None, typer.Argument(help="The prompt ('-' or omitted: read from stdin).")] = None,
     system: Annotated[str | None, typer.Option("--system", help="System prompt.")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Plain completion: no chat template.")] = False,
     batch: Annotated[Path | None, typer.Option("--batch", help="JSONL file of prompts; one JSON line out per prompt.")] = None,
@@ -150,12 +167,12 @@ def generate(
     def body() -> None:
         if batch is None:
             text = prompt
-            if text is None:
-                if sys.stdin.isatty():
+            if text is None or text == "-":  # "-" reads stdin, as `send -` does
+                if text is None and sys.stdin.isatty():
                     raise EdgechatError(
                         "no prompt given", 'pass it as an argument or pipe it in: echo "hi" | edgechat generate'
                     )
-                text = sys.stdin.read()
+                text = _read_stdin()
             if not text.strip():
                 raise EdgechatError("the prompt is empty", "give a prompt to complete")
         with _runtime(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb) as rt:
@@ -173,30 +190,24 @@ def generate(
 
 
 def _run_batch(rt: Any, path: Path, system: str | None, raw: bool, sampling: Any) -> None:
-    from dataclasses import replace
-
+    """One JSON line out per prompt line in; a bad line gets its own {"error"} and the batch goes on."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_bytes().splitlines()
     except OSError as exc:
         raise EdgechatError(f"cannot read {path}: {exc.strerror}", "check the --batch path") from exc
     failed = 0
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
+    for n, raw_line in enumerate(lines, 1):
+        if not raw_line.strip():
             continue
         try:
-            item = json.loads(line)
-            if isinstance(item, str):
-                item = {"prompt": item}
-            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
-                raise EdgechatError(f'{path}:{n}: each line needs a "prompt" string', "see README: generate --batch")
-            s = replace(sampling, **{k: item[k] for k in ("max_tokens", "temperature", "seed") if k in item})
+            item = _batch_item(path, n, raw_line, system, raw)
             result = rt.generate(
-                item["prompt"], system=item.get("system", system), raw=item.get("raw", raw), sampling=s
+                item["prompt"],
+                system=item["system"],
+                raw=item["raw"],
+                sampling=_batch_sampling(path, n, item, sampling),
             ).run()
             out = {"line": n, **({"id": item["id"]} if "id" in item else {}), **asdict(result)}
-        except json.JSONDecodeError as exc:
-            failed += 1
-            out = {"line": n, "error": f"{path}:{n}: not JSON ({exc.msg})"}
         except EdgechatError as exc:
             failed += 1
             out = {"line": n, "error": str(exc)}
@@ -204,6 +215,51 @@ def _run_batch(rt: Any, path: Path, system: str | None, raw: bool, sampling: Any
     if failed:
         print(f'error: {failed} of the prompts failed (see their "error" lines)', file=sys.stderr)
         raise typer.Exit(1)
+
+
+_BATCH_HINT = 'see README: generate --batch; a line is {"prompt": "...", "max_tokens": 64, ...}'
+
+
+def _batch_item(path: Path, n: int, raw_line: bytes, system: str | None, raw: bool) -> dict[str, Any]:
+    """Parse and type-check one --batch line (EdgechatError names the line and the field)."""
+    where = f"{path}:{n}"
+    try:
+        item = json.loads(raw_line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise EdgechatError(f"{where}: not valid UTF-8", "save the file as UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise EdgechatError(f"{where}: not JSON ({exc.msg})", _BATCH_HINT) from None
+    if isinstance(item, str):
+        item = {"prompt": item}
+    if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+        raise EdgechatError(f'{where}: each line needs a "prompt" string', _BATCH_HINT)
+    if not item["prompt"].strip():
+        raise EdgechatError(f"{where}: the prompt is empty", "give each line a prompt to complete")
+    item.setdefault("system", system)
+    item.setdefault("raw", raw)
+    if item["system"] is not None and not isinstance(item["system"], str):
+        raise EdgechatError(f'{where}: "system" must be a string', _BATCH_HINT)
+    if not isinstance(item["raw"], bool):
+        raise EdgechatError(f'{where}: "raw" must be true or false', _BATCH_HINT)
+    return item
+
+
+def _batch_sampling(path: Path, n: int, item: dict[str, Any], sampling: Any) -> Any:
+    from dataclasses import replace
+
+    checks = {
+        "max_tokens": (lambda v: _is_int(v) and v > 0, "a whole number above 0"),
+        "temperature": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0"),
+        "seed": (_is_int, "a whole number"),
+    }
+    for key, (ok, what) in checks.items():
+        if key in item and not ok(item[key]):
+            raise EdgechatError(f'{path}:{n}: "{key}" is {json.dumps(item[key])}, not {what}', _BATCH_HINT)
+    return replace(sampling, **{k: item[k] for k in checks if k in item})
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 # send -----------------------------------------------------------------------------------
@@ -226,7 +282,7 @@ def send(
     def body() -> None:
         if sum([new, conversation is not None, cont]) != 1:
             raise EdgechatError("say which conversation", "use exactly one of --new, -c ID or --continue")
-        text = sys.stdin.read() if message == "-" else message
+        text = _read_stdin() if message == "-" else message
         with _runtime(
             model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction
         ) as rt:
@@ -407,7 +463,12 @@ def conversations_export(
         if output is None:
             sys.stdout.write(text)
         else:
-            output.write_text(text, encoding="utf-8")
+            try:
+                output.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise EdgechatError(
+                    f"cannot write {output}: {exc.strerror or exc}", "check that its directory exists and is writable"
+                ) from None
             print(f"wrote {output}", file=sys.stderr)
 
     _guard(body)
@@ -446,9 +507,10 @@ def conversations_delete(
         ):
             raise typer.Exit(1)
         paths = resolve_paths(_state["home"])
-        with ConversationLock(paths.data_dir / "locks", rec.id, timeout_s=5):
+        with ConversationLock(paths.data_dir / "locks", rec.id, timeout_s=5) as lock:
             store.delete_conversation(rec.id)
             StateFiles(paths.states_dir).delete(rec.id)
+            lock.discard()
         print(f"deleted {rec.id}", file=sys.stderr)
 
     _guard(body)
@@ -493,10 +555,12 @@ def models_pull(
     """Download a model (resumable, checksum-verified)."""
 
     def body() -> None:
-        from .config import resolve_paths
+        from .config import private_dir, resolve_paths
         from .registry import pull
 
-        path = pull(name, resolve_paths(_state["home"]), quant=quant)
+        paths = resolve_paths(_state["home"])
+        private_dir(paths.data_dir)  # a pull may be the first thing to create it
+        path = pull(name, paths, quant=quant)
         print(path)
 
     _guard(body)
@@ -512,10 +576,12 @@ def models_info(
     def body() -> None:
         from .config import resolve_paths
         from .gguf_info import read_gguf
+        from .planner import resume_cost
         from .registry import resolve_model
 
         resolved = resolve_model(name, resolve_paths(_state["home"]), download=False)
-        summary = read_gguf(resolved.path).summary()
+        info = read_gguf(resolved.path)
+        summary = {**info.summary(), "n_swa": info.n_swa, **resume_cost(info)}
         if json_out:
             print(json.dumps(summary))
             return
@@ -532,14 +598,14 @@ def models_info(
 @app.command()
 def plan(
     model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
-    gpu_layers: GpuOpt = None, budget_mb: BudgetOpt = None,
+    flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, budget_mb: BudgetOpt = None,
     swa_full: Annotated[bool, typer.Option("--swa-full/--no-swa-full", help="Full-size sliding-window cache (more memory; not needed for exact resume).")] = False,
     json_out: JsonOpt = False,
 ) -> None:  # fmt: skip
     """Predict memory use from the GGUF header and pick the largest context that fits."""
 
     def body() -> None:
-        from .config import load_defaults, resolve_paths
+        from .config import load_defaults, parse_gpu_layers, resolve_paths
         from .gguf_info import read_gguf
         from .planner import format_plan
         from .planner import plan as make_plan
@@ -547,13 +613,15 @@ def plan(
 
         paths = resolve_paths(_state["home"])
         d = load_defaults(paths)
+        g = parse_gpu_layers(gpu_layers if gpu_layers is not None else d.gpu_layers)
+        fa = _flash(flash_attn)
         resolved = resolve_model(model or d.model, paths, download=False)
         kv = kv_type or d.kv_type
-        g = gpu_layers or d.gpu_layers
+        budget = budget_mb if budget_mb is not None else d.budget_mb
         p = make_plan(
-            read_gguf(resolved.path), n_ctx=ctx or d.ctx, type_k=k_type or kv, type_v=v_type or kv,
-            gpu_layers="auto" if g in (None, "auto") else int(g),
-            budget_bytes=(budget_mb or d.budget_mb or 0) * (1 << 20) or None, swa_full=swa_full,
+            read_gguf(resolved.path), n_ctx=ctx if ctx is not None else d.ctx, type_k=k_type or kv,
+            type_v=v_type or kv, flash_attn=fa, gpu_layers=g,  # type: ignore[arg-type]
+            budget_bytes=budget * (1 << 20) if budget is not None else None, swa_full=swa_full,
         )  # fmt: skip
         if json_out:
             print(json.dumps(asdict(p), default=str))

@@ -54,26 +54,57 @@ def choose_cut(
     prompt_len: Callable[[int], int],
     reserve: int,
     n_ctx: int,
+    *,
+    message_len: Callable[[], int] | None = None,
 ) -> int:
     """The fewest oldest messages to drop so prompt + reply fits in TARGET_SHARE of the context.
 
-    prompt_len(k) is the prompt's token count with messages[:k] compacted. Falls back to
-    whatever fits the whole context; raises BudgetError when even the new message alone
-    does not fit.
+    prompt_len(k) is the prompt's token count with messages[:k] compacted; it only
+    shrinks as k grows, so the cut is found by bisection: a handful of renders, not one
+    per turn (each render tokenizes the new message again, which for a pasted document
+    is most of the cost). Falls back to whatever fits the whole context; raises
+    BudgetError at once when even the new message alone does not fit. `message_len()`
+    gives the new message's own prompt size (without the room kept for a summary), for
+    the error to state; by default prompt_len(len(messages)).
     """
-    target = max(int(n_ctx * TARGET_SHARE), 1)
     cuts = cut_points(messages)
-    for k in cuts:
-        if prompt_len(k) + reserve <= target:
+    seen: dict[int, int] = {}
+    measure = prompt_len
+
+    def cached(k: int) -> int:
+        if k not in seen:
+            seen[k] = measure(k)
+        return seen[k]
+
+    prompt_len = cached
+    alone = prompt_len(cuts[-1])
+    if alone + reserve > n_ctx:
+        own = message_len() if message_len is not None else alone
+        extra = f" and {alone - own} for a summary of the earlier turns" if alone > own else ""
+        raise BudgetError(
+            f"this message needs {own} tokens plus {reserve} for the reply{extra}; the context holds {n_ctx}",
+            "shorten the message, lower --max-tokens, or raise --ctx",
+        )
+    target = max(int(n_ctx * TARGET_SHARE), 1)
+    for limit in (target, n_ctx):
+        k = _first_fitting(cuts, prompt_len, limit - reserve)
+        if k is not None:
             return k
-    for k in cuts:
-        if prompt_len(k) + reserve <= n_ctx:
-            return k
-    alone = prompt_len(len(messages))
-    raise BudgetError(
-        f"this message needs {alone} tokens plus {reserve} for the reply; the context holds {n_ctx}",
-        "shorten the message, lower --max-tokens, or raise --ctx",
-    )
+    return cuts[-1]  # unreachable: the last cut fits n_ctx (checked above)
+
+
+def _first_fitting(cuts: list[int], prompt_len: Callable[[int], int], room: int) -> int | None:
+    """The smallest cut whose prompt fits `room` tokens, given prompt_len non-increasing in the cut."""
+    lo, hi = 0, len(cuts) - 1
+    if prompt_len(cuts[hi]) > room:
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if prompt_len(cuts[mid]) <= room:
+            hi = mid
+        else:
+            lo = mid + 1
+    return cuts[lo]
 
 
 def summarize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -45,6 +46,20 @@ class Paths:
     @property
     def fingerprint_cache(self) -> Path:
         return self.data_dir / "fingerprints.json"
+
+
+def private_dir(path: Path) -> Path:
+    """Make sure directory `path` exists; when it is created here, only this user may read it (0700).
+
+    Conversations, KV states (whose token ids are the conversation) and locks live
+    under the data directory; a fresh one must not be world-readable under umask 022.
+    An existing directory keeps the mode its owner gave it.
+    """
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+    return path
 
 
 def resolve_paths(home: str | os.PathLike[str] | None = None) -> Paths:
@@ -138,6 +153,9 @@ def load_defaults(paths: Paths) -> Defaults:
                 f"{path}: unknown key defaults.{key}",
                 f"use one of: {', '.join(sorted(known))}",
             )
+        problem = _bad_value(key, value)
+        if problem:
+            raise ConfigError(f"{path}: defaults.{key} = {_toml_value(value)} {problem}", _VALUE_HINTS[key])
         values[key] = value
     result = replace(Defaults(), **values)
     if result.kv_type is not None and result.kv_type not in KV_TYPES:
@@ -148,6 +166,56 @@ def load_defaults(paths: Paths) -> Defaults:
             f"use one of {COMPACTION_POLICIES}",
         )
     return result
+
+
+# What each [defaults] key takes, for the error that names a wrong value.
+_VALUE_HINTS = {
+    "model": 'a model name or path, e.g. model = "smollm2-135m"',
+    "system_prompt": 'a string, e.g. system_prompt = "You are concise."',
+    "kv_type": f'one of {", ".join(KV_TYPES)}, e.g. kv_type = "q8_0"',
+    "ctx": "a number of tokens, e.g. ctx = 4096",
+    "gpu_layers": 'gpu_layers = "auto" or a number of layers (-1: all)',
+    "threads": "a number of CPU threads, e.g. threads = 4",
+    "budget_mb": "a number of MiB, e.g. budget_mb = 2048",
+    "compaction": f"one of {', '.join(COMPACTION_POLICIES)}",
+    "max_tokens": "a number of tokens, e.g. max_tokens = 512",
+    "temperature": "a number from 0 (greedy), e.g. temperature = 0.7",
+    "seed": "a whole number, e.g. seed = 0",
+    "theme": 'auto, light, dark or a Textual theme name, e.g. theme = "auto"',
+}
+_STRINGS = ("model", "system_prompt", "kv_type", "compaction", "theme")
+_POSITIVE = ("ctx", "threads", "budget_mb", "max_tokens")
+
+
+def _bad_value(key: str, value: Any) -> str:
+    """Why `value` cannot be defaults.`key` ("" when it can): TOML types are checked here, not on use."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if key in _STRINGS:
+        return "" if isinstance(value, str) else "is not a string"
+    if key in _POSITIVE:
+        return "" if is_int and value > 0 else "is not a positive whole number"
+    if key == "seed":
+        return "" if is_int else "is not a whole number"
+    if key == "temperature":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+        return "" if ok else "is not a number >= 0"
+    if key == "gpu_layers":
+        return "" if value == "auto" or is_int else 'is not "auto" or a whole number'
+    return ""
+
+
+def parse_gpu_layers(value: str | int | None) -> str | int:
+    """`--gpu-layers` / defaults.gpu_layers as "auto" or an int (-1: all), or a ConfigError."""
+    if value is None or value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ConfigError(
+            f"--gpu-layers {value!r} is not auto or a number", "use --gpu-layers auto, 0, a layer count, or -1 for all"
+        ) from None
 
 
 def save_default(paths: Paths, key: str, value: Any) -> None:

@@ -116,22 +116,25 @@ def llama_log() -> str:
     return "".join(_LOG)
 
 
-_BUFFER_LINE = re.compile(r"(\S+) (model|KV|compute|output) buffer size =\s*([\d.]+) MiB")
+# llama.cpp pads the device name with "%10s" and the output line with an extra space
+# ("CPU  output buffer size"); the recurrent state of hybrids logs as "RS buffer".
+_BUFFER_LINE = re.compile(r"(\S+)\s+(model|KV|RS|compute|output) buffer size =\s*([\d.]+) MiB")
+_BUFFER_KINDS = ("model", "KV", "RS", "compute", "output")
 
 
 def logged_buffers(log: str | None = None) -> dict[str, float]:
     """MiB llama.cpp logged allocating at the most recent model load (the planner is checked against it).
 
-    Keys: each kind ("model", "KV", "compute", "output"), each "kind:device" (e.g.
-    "model:CPU_Mapped", "KV:CUDA0"), and "total", the sum of the kinds.
+    Keys: each kind ("model", "KV", "RS", "compute", "output"), each "kind:device" (e.g.
+    "model:CPU_Mapped", "model:CPU_REPACK", "KV:CUDA0"), and "total", the sum of the kinds.
     """
     text = llama_log() if log is None else log
     text = text[text.rfind("llama_model_loader: loaded meta data") :]  # the log spans every load
-    out: dict[str, float] = {"model": 0.0, "KV": 0.0, "compute": 0.0, "output": 0.0}
+    out: dict[str, float] = dict.fromkeys(_BUFFER_KINDS, 0.0)
     for device, kind, mib in _BUFFER_LINE.findall(text):
         out[kind] += float(mib)
         out[f"{kind}:{device}"] = out.get(f"{kind}:{device}", 0.0) + float(mib)
-    out["total"] = out["model"] + out["KV"] + out["compute"] + out["output"]
+    out["total"] = sum(out[k] for k in _BUFFER_KINDS)
     return out
 
 
@@ -235,6 +238,8 @@ class Engine:
         template = self.info.chat_template
         self.has_chat_template = template is not None
         self._template = _compile_template(template or FALLBACK_TEMPLATE)
+        self._system_role: bool | None = None
+        self._specials: re.Pattern[str] | bool | None = None
         self.stops: tuple[str, ...] = () if template else FALLBACK_STOPS
         self._bos = self._token_text(self.llm.token_bos())
         self._eos = self._token_text(self.llm.token_eos())
@@ -262,7 +267,12 @@ class Engine:
         return self.llm._model.token_get_text(token) if hasattr(self.llm._model, "token_get_text") else ""
 
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
-        tokens = self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+        """Token ids of `text`; `special` parses control-token text (e.g. "<|im_start|>") as control tokens.
+
+        Only template scaffolding may be parsed with special=True: text a person typed is
+        tokenized with special=False (chat_tokens does that), or it could open a system turn.
+        """
+        tokens = self.llm.tokenize(_utf8(text), add_bos=add_bos, special=special)
         bos = self.llm.token_bos()
         # A template that writes bos_token itself plus llama.cpp's automatic BOS gives two.
         if len(tokens) >= 2 and tokens[0] == bos and tokens[1] == bos:
@@ -285,19 +295,109 @@ class Engine:
         return self.llm.detokenize(list(tokens)).decode("utf-8", errors="replace")
 
     def render(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
-        """The model's own chat template, rendered in a sandbox (templates are untrusted input)."""
+        """The model's own chat template, rendered in a sandbox (templates are untrusted input).
+
+        A template that refuses a system message (Gemma 2, Mistral v0.1 raise on it) gets
+        the system text at the top of the first user message instead, the way those
+        models' own chat formats carry it. The render runs under a time and size budget
+        (`_render_guarded`): a GGUF's template must not hang the process.
+        """
+        msgs = [dict(m) for m in messages]
+        if msgs and msgs[0].get("role") == "system" and not self.supports_system_role:
+            msgs = _system_into_first_user(msgs)
+        return self._render_guarded(msgs, add_generation_prompt)
+
+    def _render_guarded(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        content = sum(len(str(m.get("content", ""))) for m in messages)
+        limit = RENDER_MAX_CHARS + 4 * content
         try:
-            return self._template.render(
-                messages=list(messages),
-                add_generation_prompt=add_generation_prompt,
-                bos_token=self._bos,
-                eos_token=self._eos,
+            return _render_with_budget(
+                self._template,
+                dict(
+                    messages=messages,
+                    add_generation_prompt=add_generation_prompt,
+                    bos_token=self._bos,
+                    eos_token=self._eos,
+                ),
+                limit,
+                RENDER_TIMEOUT_S,
             )
+        except _RenderBudget as exc:
+            raise ModelError(
+                f"the model's chat template {exc}",
+                "the GGUF's chat template is broken or hostile; use another model file",
+            ) from None
         except Exception as exc:  # noqa: BLE001 - jinja raises many types
-            raise ModelError(f"the model's chat template failed: {exc}", "use --raw for plain completion") from exc
+            raise ModelError(
+                f"the model's chat template failed: {exc}",
+                "the template rejects this conversation; `edgechat generate --raw` completes plain text without it",
+            ) from exc
+
+    @property
+    def supports_system_role(self) -> bool:
+        """Whether the chat template accepts a system message and shows its text (probed once per model)."""
+        if self._system_role is None:
+            probe = "edgechat-system-probe"
+            try:
+                out = self._render_guarded(
+                    [{"role": "system", "content": probe}, {"role": "user", "content": "hi"}], True
+                )
+                self._system_role = probe in out
+            except ModelError:
+                self._system_role = False
+        return self._system_role
 
     def chat_tokens(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> list[int]:
-        return self.tokenize(self.render(messages, add_generation_prompt=add_generation_prompt))
+        """The rendered conversation as tokens, with typed text kept out of the control tokens.
+
+        The template's scaffolding is tokenized with special=True (its "<|im_start|>" is
+        the control token) and message content with special=False, so a message that
+        contains "<|im_end|>" stays text and cannot open a turn of its own. Messages free
+        of special-token text (nearly all) are tokenized in place, exactly as llama.cpp's
+        server would; the others are swapped for markers, rendered, and tokenized apart.
+        """
+        msgs = [dict(m) for m in messages]
+        if msgs and msgs[0].get("role") == "system" and not self.supports_system_role:
+            msgs = _system_into_first_user(msgs)
+        specials = self._special_pattern()
+        dirty = {
+            i: str(m["content"])
+            for i, m in enumerate(msgs)
+            if specials is not None and isinstance(m.get("content"), str) and specials.search(m["content"])
+        }
+        if not dirty:
+            return self.tokenize(self._render_guarded(msgs, add_generation_prompt))
+        for i in dirty:
+            msgs[i]["content"] = f"{_MARK_OPEN}{i}{_MARK_CLOSE}"
+        text = self._render_guarded(msgs, add_generation_prompt)
+        parts = _MARK_SPLIT.split(text)
+        # parts alternate scaffolding, message index, scaffolding, ...: each marker exactly once.
+        found = [int(x) for x in parts[1::2]]
+        if sorted(found) != sorted(dirty):
+            # The template changed the content (sliced or transformed it): neutralize instead.
+            for i, content in dirty.items():
+                msgs[i]["content"] = specials.sub(lambda m: m.group(0)[0] + "\u200b" + m.group(0)[1:], content)  # type: ignore[union-attr]
+            return self.tokenize(self._render_guarded(msgs, add_generation_prompt))
+        tokens: list[int] = []
+        for n, part in enumerate(parts):
+            text, special = (dirty[int(part)], False) if n % 2 else (part, True)
+            if text:
+                tokens += self.tokenize(text, add_bos=not tokens, special=special)
+        return tokens
+
+    def _special_pattern(self) -> re.Pattern[str] | None:
+        """A regex matching the text of every token that special=True parsing turns into a control token."""
+        if self._specials is None:
+            texts: set[str] = set()
+            lc = self._lc
+            mask = lc.LLAMA_TOKEN_ATTR_CONTROL | lc.LLAMA_TOKEN_ATTR_USER_DEFINED | lc.LLAMA_TOKEN_ATTR_UNKNOWN
+            for tok in range(lc.llama_vocab_n_tokens(self._vocab)):
+                if lc.llama_vocab_get_attr(self._vocab, tok) & mask:
+                    text = self._token_text(tok)
+                    if len(text) > 1:
+                        texts.add(text)
+            self._specials = re.compile(_trie_pattern(texts)) if texts else False
+        return self._specials if isinstance(self._specials, re.Pattern) else None
 
     # the KV cache ---------------------------------------------------------------------
 
@@ -692,13 +792,138 @@ def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
     return min(hits) if hits else None
 
 
+# A chat template is code from the model file: its render gets a time and size budget.
+RENDER_TIMEOUT_S = 5.0
+RENDER_MAX_CHARS = 1 << 20  # beyond 4x the messages' own text
+# Markers that stand for a message's content while the template renders (private-use code points).
+_MARK_OPEN, _MARK_CLOSE = "\ue000edgechat:", "\ue001"
+_MARK_SPLIT = re.compile(re.escape(_MARK_OPEN) + r"(\d+)" + re.escape(_MARK_CLOSE))
+
+
+# A format width of seven digits or more ("%9999999s", "{:>9999999}").
+_HUGE_WIDTH = re.compile(r"[%:][^%:{}\s]{0,8}?\d{7,}")
+
+
+class _RenderBudget(Exception):
+    """A template render ran past its time or size budget."""
+
+
+def _trie_pattern(words: set[str]) -> str:
+    """One regex for many literal words, shaped as a trie so a search costs O(text), not O(text x words)."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict[str, Any]) -> str:
+        alts = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
+        if not alts:
+            return ""
+        group = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return f"(?:{group})?" if "" in node else group
+
+    return build(trie)
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # A str holds lone surrogates when it came from bytes that are not UTF-8 (argv, a pipe).
+        bad = text[exc.start : exc.end]
+        raise EdgechatError(
+            f"the text is not valid UTF-8 (character {exc.start + 1} is {bad.encode('utf-8', 'surrogateescape')!r})",
+            "convert it to UTF-8 first, e.g. iconv -f latin1 -t utf-8",
+        ) from None
+
+
+def _system_into_first_user(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Carry a leading system message in the first user turn, for templates without a system role."""
+    system, rest = messages[0], messages[1:]
+    text = str(system.get("content", ""))
+    if not text:
+        return rest
+    for m in rest:
+        if m.get("role") == "user":
+            m["content"] = f"{text}\n\n{m.get('content', '')}"
+            return rest
+    return [{"role": "user", "content": text}, *rest]
+
+
+def _render_with_budget(template: Any, context: dict[str, Any], limit: int, timeout_s: float) -> str:
+    """Render in a worker thread, stopping it when it runs past `timeout_s` or `limit` characters.
+
+    Python cannot kill a thread, but it can raise an exception inside one between two
+    bytecodes (PyThreadState_SetAsyncExc): the runaway loop of a hostile template is
+    compiled Python, so it stops there. The size limit is checked as output streams out.
+    """
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            out: list[str] = []
+            size = 0
+            for piece in template.generate(**context):
+                size += len(piece)
+                if size > limit:
+                    raise _RenderBudget(f"produced more than {limit:,} characters")
+                out.append(piece)
+            result["text"] = "".join(out)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            result["error"] = exc
+
+    worker = threading.Thread(target=work, name="edgechat-template", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        ident = worker.ident
+        if ident is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(_RenderBudget))
+        worker.join(1.0)
+        raise _RenderBudget(f"took more than {timeout_s:g} s to render")
+    if "error" in result:
+        raise result["error"]
+    return str(result["text"])
+
+
 def _compile_template(source: str) -> Any:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str) -> None:
         raise ValueError(message)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    class _Env(ImmutableSandboxedEnvironment):  # type: ignore[misc]
+        # "x" * 10**9, 2 ** 10**9, "%999999999s" % x or "x".center(10**9) would allocate or
+        # compute for ever inside one bytecode, out of the watchdog's reach: bound them first.
+        intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > RENDER_MAX_CHARS:
+                        raise _RenderBudget(f"tried to build a sequence of {len(seq) * n:,} items")
+            if operator == "**" and isinstance(right, int) and abs(right) > 1024:
+                raise _RenderBudget(f"tried to compute a power of {right:,}")
+            joined = isinstance(left, (str, list)) and isinstance(right, (str, list))
+            if operator == "+" and joined and len(left) + len(right) > 64 * RENDER_MAX_CHARS:
+                raise _RenderBudget("tried to build a sequence past the size budget")
+            if operator == "%" and isinstance(left, str) and _HUGE_WIDTH.search(left):
+                raise _RenderBudget("used a format width past the size budget")
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+            for value in (*args, *kwargs.values()):
+                if isinstance(value, int) and not isinstance(value, bool) and abs(value) > RENDER_MAX_CHARS:
+                    raise _RenderBudget("passed a size past the budget to a function")
+            owner = getattr(__obj, "__self__", None)
+            is_format = isinstance(owner, str) and getattr(__obj, "__name__", "") in ("format", "format_map")
+            if is_format and _HUGE_WIDTH.search(str(owner)):
+                raise _RenderBudget("used a format width past the size budget")
+            return super().call(__context, __obj, *args, **kwargs)
+
+    env = _Env(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     with contextlib.suppress(Exception):

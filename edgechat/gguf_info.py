@@ -15,6 +15,15 @@ from typing import Any
 from .errors import ModelError
 
 _MAGIC = b"GGUF"
+# llama-arch.cpp llm_arch_is_recurrent / llm_arch_is_hybrid (llama.cpp as vendored in 0.3.36).
+RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
+HYBRID_ARCHS = frozenset({
+    "jamba", "falcon-h1", "plamo2", "granitehybrid", "lfm2", "lfm2moe", "nemotron_h", "nemotron_h_moe",
+    "qwen3next", "kimi-linear", "bailingmoe3", "kimi-k3", "glm5-next", "qwen35", "qwen35moe", "qwen4exp",
+    "deepseek4", "minimax-01",
+})  # fmt: skip
+# Hybrids whose attention layers are every n-th one (`full_attention_interval`).
+_INTERVAL_ARCHS = frozenset({"qwen3next", "qwen35", "qwen35moe", "qwen4exp", "minimax-01"})
 _SCALARS = {
     0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4),
     6: ("<f", 4), 7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8),
@@ -87,12 +96,19 @@ class GGUFInfo:
     def n_head(self) -> int:
         return _first(self.get("attention.head_count", 0))
 
-    def n_head_kv_per_layer(self) -> list[int]:
-        """KV heads per layer; GGUF stores a scalar or a per-layer array."""
+    def _head_kv_raw(self) -> list[int]:
         value = self.get("attention.head_count_kv", self.get("attention.head_count", 0))
         if isinstance(value, list):
-            return [int(v) for v in value]
+            return [int(v) for v in value][: self.n_layer] + [0] * max(0, self.n_layer - len(value))
         return [int(value)] * self.n_layer
+
+    def n_head_kv_per_layer(self) -> list[int]:
+        """KV heads of each layer's cache: 0 for a layer without one (recurrent or MLP-only).
+
+        GGUF stores a scalar or a per-layer array; a qwen35-style hybrid stores a scalar and
+        says which layers attend with `full_attention_interval` instead.
+        """
+        return [h if a else 0 for h, a in zip(self._head_kv_raw(), self.attention_layers(), strict=True)]
 
     @property
     def n_head_kv(self) -> int:
@@ -126,12 +142,107 @@ class GGUFInfo:
         if isinstance(pattern, list):
             return [bool(p) for p in pattern][:n]
         # llama.cpp's set_swa_pattern(n): every n-th layer is dense, the rest are SWA.
+        if self.architecture in HYBRID_ARCHS:
+            # models/lfm2.cpp: with a window set, every attention layer slides.
+            return [not r for r in self.recurrent_layers()]
         period = {"gemma3": 6, "gemma2": 2, "cohere2": 4, "gemma3n": 5}.get(self.architecture)
         if isinstance(pattern, int) and pattern > 0:
             period = pattern
         if not period:
             return [True] * n
         return [(i % period) < (period - 1) for i in range(n)]
+
+    # --- memory kind: what llama.cpp's KV memory looks like for this model ---------------
+
+    @property
+    def memory_kind(self) -> str:
+        """ "dense", "swa", "hybrid" or "recurrent": how llama.cpp builds this model's memory.
+
+        Decides what a trim, a shift and a context checkpoint can do (llama-arch.cpp
+        llm_arch_is_recurrent / llm_arch_is_hybrid; SWA when a layer uses the window).
+        """
+        arch = self.architecture
+        if arch in RECURRENT_ARCHS:
+            return "recurrent"
+        if arch in HYBRID_ARCHS:
+            return "hybrid"
+        if self.sliding_window and any(self.swa_layers()):
+            return "swa"
+        return "dense"
+
+    @property
+    def n_swa(self) -> int:
+        """The sliding window in tokens when some attention layer uses it, else 0."""
+        return self.sliding_window if any(self.swa_layers()) else 0
+
+    def recurrent_layers(self) -> list[bool]:
+        """Which layers keep a recurrent state (conv / SSM / linear attention), as llama.cpp decides."""
+        n = self.n_layer
+        arch = self.architecture
+        if arch in RECURRENT_ARCHS:
+            return [True] * n
+        if arch not in HYBRID_ARCHS:
+            return [False] * n
+        explicit = self.get("attention.recurrent_layers")
+        if isinstance(explicit, list):
+            return [bool(v) for v in explicit][:n] + [False] * max(0, n - len(explicit))
+        if arch in _INTERVAL_ARCHS:
+            # models/qwen35.cpp: layer i is recurrent unless (i + 1) % interval == 0 (default 4).
+            interval = int(self.get("full_attention_interval", 4) or 4)
+            return [(i + 1) % interval != 0 for i in range(n)]
+        if arch == "falcon-h1":
+            return [True] * n  # every layer has both attention and an SSM
+        heads = self._head_kv_raw()
+        ff = self.get("feed_forward_length")
+        if arch.startswith("nemotron_h") and isinstance(ff, list):
+            return [h == 0 and int(f) == 0 for h, f in zip(heads, ff, strict=False)]
+        return [h == 0 for h in heads]
+
+    def attention_layers(self) -> list[bool]:
+        """Which layers have a KV cache (the rest are recurrent, or MLP-only)."""
+        n = self.n_layer
+        arch = self.architecture
+        if arch in RECURRENT_ARCHS:
+            return [False] * n
+        heads = self._head_kv_raw()
+        if arch == "falcon-h1":
+            return [h > 0 for h in heads]
+        recr = self.recurrent_layers()
+        ff = self.get("feed_forward_length")
+        if arch.startswith("nemotron_h") and isinstance(ff, list):
+            return [h > 0 and int(f) == 0 and not r for h, f, r in zip(heads, ff, recr, strict=False)]
+        return [h > 0 and not r for h, r in zip(heads, recr, strict=False)]
+
+    @property
+    def n_embd_r(self) -> int:
+        """Values of a recurrent layer's rolling (conv / token-shift) state (llama-hparams.cpp n_embd_r)."""
+        wkv = int(self.get("wkv.head_size", 0) or 0)
+        if wkv:
+            return int(self.get("token_shift_count", 2) or 2) * self.n_embd
+        l_cache = int(self.get("shortconv.l_cache", 0) or 0)
+        if l_cache:
+            return self.n_embd * (l_cache - 1)
+        d_conv = int(self.get("ssm.conv_kernel", 0) or 0)
+        d_inner = int(self.get("ssm.inner_size", 0) or 0)
+        d_state = int(self.get("ssm.state_size", 0) or 0)
+        n_group = int(self.get("ssm.group_count", 0) or 0)
+        return max(0, d_conv - 1) * (d_inner + 2 * n_group * d_state)
+
+    @property
+    def n_embd_s(self) -> int:
+        """Values of a recurrent layer's SSM / wkv state (llama-hparams.cpp n_embd_s)."""
+        wkv = int(self.get("wkv.head_size", 0) or 0)
+        if wkv:
+            return self.n_embd * wkv
+        return int(self.get("ssm.state_size", 0) or 0) * int(self.get("ssm.inner_size", 0) or 0)
+
+    def recurrent_state_bytes(self) -> int:
+        """One sequence's recurrent state: f32 r and s rows for every recurrent layer.
+
+        This is llama.cpp's "RS buffer" (llama-memory-recurrent.cpp, one row per sequence)
+        and also what a PARTIAL_ONLY context checkpoint of a hybrid holds.
+        """
+        return sum(self.recurrent_layers()) * (self.n_embd_r + self.n_embd_s) * 4
 
     @property
     def vocab_size(self) -> int:
@@ -180,6 +291,7 @@ class GGUFInfo:
             "head_dim_v": self.head_dim_v,
             "context_length": self.context_length,
             "sliding_window": self.sliding_window,
+            "memory_kind": self.memory_kind,
             "vocab_size": self.vocab_size,
             "chat_template": self.chat_template is not None,
         }

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from .config import private_dir
 from .errors import BusyError
 
 try:
@@ -27,8 +28,8 @@ class ConversationLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         if fcntl is None:
             self._fd = fd
             return
@@ -58,6 +59,15 @@ class ConversationLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
+
+    def discard(self) -> None:
+        """Remove the lock file while holding it: for a conversation that was just deleted.
+
+        A process already waiting on the old file gets it next and then finds no
+        conversation; a later one creates a fresh file. Either way no lock files pile up.
+        """
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> ConversationLock:
         self.acquire()

@@ -47,24 +47,63 @@ class MemorySnapshot:
     gpus: tuple[GpuMemory, ...] = ()
     unified: bool = False
     gpu_source: str = "none"  # "nvml" | "ggml" | "unified" | "none"
+    # CPU features that change what llama.cpp allocates (the CPU_REPACK weight copies):
+    # "avx2", "avx512f", "dotprod", "i8mm". Empty: none known.
+    cpu_flags: frozenset[str] = frozenset()
 
 
 def probe(*, gpus: bool = True) -> MemorySnapshot:
     """Read RAM, this process's RSS and (unless `gpus=False`) every GPU's memory."""
     total, available = _ram()
     rss = rss_now()
+    flags = cpu_flags()
     if _is_apple_silicon():
         # Metal buffers live in the same RAM: one pool, counted once.
         gpu = GpuMemory(0, "Apple GPU (unified memory)", total, available, total - available)
-        return MemorySnapshot(total, available, rss, (gpu,), unified=True, gpu_source="unified")
+        return MemorySnapshot(total, available, rss, (gpu,), unified=True, gpu_source="unified", cpu_flags=flags)
     if not gpus:
-        return MemorySnapshot(total, available, rss)
+        return MemorySnapshot(total, available, rss, cpu_flags=flags)
     found = _nvml_gpus()
     source = "nvml"
     if not found and _build_can_offload():
         found = _ggml_gpus()
         source = "ggml"
-    return MemorySnapshot(total, available, rss, found, unified=False, gpu_source=source if found else "none")
+    return MemorySnapshot(
+        total, available, rss, found, unified=False, gpu_source=source if found else "none", cpu_flags=flags
+    )
+
+
+_FLAG_NAMES = {"avx2": "avx2", "avx512f": "avx512f", "asimddp": "dotprod", "i8mm": "i8mm"}
+_cpu_flags_cache: frozenset[str] | None = None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU features that decide llama.cpp's weight repacking, read once per process.
+
+    Linux: /proc/cpuinfo ("flags" on x86, "Features" on ARM). Apple Silicon always has
+    the dot-product instructions. An x86-64 machine whose flags cannot be read is taken
+    to have AVX2 (every x86 laptop since 2013): counting a repack that does not happen
+    only makes the plan cautious.
+    """
+    global _cpu_flags_cache
+    if _cpu_flags_cache is not None:
+        return _cpu_flags_cache
+    found: set[str] = set()
+    machine = platform.machine().lower()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    found |= {_FLAG_NAMES[f] for f in value.split() if f in _FLAG_NAMES}
+                    break
+    except OSError:
+        if _is_apple_silicon():
+            found.add("dotprod")
+        elif machine in ("x86_64", "amd64"):
+            found.add("avx2")
+    _cpu_flags_cache = frozenset(found)
+    return _cpu_flags_cache
 
 
 def rss_now() -> int:

@@ -10,7 +10,7 @@ from. Checked against llama.cpp's own log in tests/test_planner.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -49,10 +49,18 @@ class Estimate:
 
     `weights_mmap` is the part of `weights_cpu` that is a read-only file mapping: page
     cache the kernel can evict (and re-read from disk, slowly), shared between processes.
-    `kv_bytes_per_token` counts the layers whose cache spans the whole context (all of
-    them, unless a sliding-window model runs with swa_full off). `buffers` is the sum
-    of the buffers llama.cpp logs (weights, KV, compute, output); `total` adds the
-    memory it does not log (`overhead` on the host, `overhead_gpu` per GPU process).
+    `weights_repack` is llama.cpp's CPU_REPACK buffer: anonymous host memory holding a
+    re-laid-out copy of the CPU-resident matrices of some quant types (Q4_0, Q4_K,
+    IQ4_NL on AVX2; more on ARM). `kv_bytes_per_token` counts the layers whose cache
+    spans the whole context (all attention layers, unless a sliding-window model runs
+    with swa_full off). `rs` is the recurrent state of hybrid and recurrent models
+    (llama.cpp's "RS buffer"), a fixed size whatever the context.
+    `checkpoint_bytes` is one context checkpoint (a PARTIAL_ONLY state: the recurrent
+    state, or the sliding window); `checkpoints` of them are kept in RAM beside the
+    live state (`checkpoint_ram`, in `total_cpu`) and on disk beside the state file.
+    `buffers` is the sum of the buffers llama.cpp logs (weights, KV, RS, compute,
+    output); `total` adds what it does not log (`overhead` on the host, `overhead_gpu`
+    per GPU process, the checkpoints).
     """
 
     n_ctx: int
@@ -65,11 +73,19 @@ class Estimate:
     gpu_layers: int
     kv_bytes_per_token: int
     kv_cells_swa: int
+    memory_kind: str  # dense | swa | hybrid | recurrent
+    n_swa: int
     weights_cpu: int
     weights_gpu: int
     weights_mmap: int
+    weights_repack: int
     kv_cpu: int
     kv_gpu: int
+    rs_cpu: int
+    rs_gpu: int
+    checkpoint_bytes: int
+    checkpoints: int
+    checkpoint_ram: int
     compute_cpu: int
     compute_gpu: int
     output: int
@@ -77,6 +93,7 @@ class Estimate:
     overhead_gpu: int
     weights: int
     kv: int
+    rs: int
     compute: int
     buffers: int
     total_cpu: int
@@ -99,7 +116,11 @@ class _Shape:
     kv_v: tuple[int, ...]
     swa: tuple[bool, ...]
     n_swa: int
+    kind: str
+    rs_layer: tuple[int, ...]  # per layer: bytes of its recurrent state (0: none)
     layer_bytes: tuple[int, ...]
+    layer_repack: tuple[int, ...]  # per layer: bytes the CPU would repack
+    output_repack: int
     input_bytes: int
     output_bytes: int  # what moves to the GPU with the output layer
     output_cpu_bytes: int  # what the output layer adds on the CPU
@@ -108,7 +129,37 @@ class _Shape:
     trained_ctx: int
 
 
-def _shape(info: GGUFInfo) -> _Shape:
+# ggml-cpu/repack.cpp ggml_repack_get_optimal_repack_type: the weight types the CPU backend
+# re-lays out into its CPU_REPACK buffer, and the row count a matrix must be a multiple of.
+_REPACK_X86 = {"q4_0": 8, "q4_k": 8, "iq4_nl": 8, "mxfp4": 8}
+_REPACK_X86_AVX512 = {**_REPACK_X86, "q2_k": 8}
+_REPACK_ARM = {"q4_0": 4, "q4_k": 8, "q5_k": 8, "q6_k": 8, "iq4_nl": 4, "mxfp4": 4, "q8_0": 4}
+# Weights read with GGML_OP_GET_ROWS or a convolution, never a matrix product: not repacked.
+_NOT_MATMUL = ("token_embd.", "position_embd.", "token_types.", "per_layer_token_embd.")
+
+
+def repack_rules(cpu_flags: frozenset[str]) -> dict[str, int]:
+    """{weight type: row multiple} that this CPU repacks (memory.cpu_flags() gives the flags)."""
+    if "avx2" in cpu_flags:
+        return _REPACK_X86_AVX512 if "avx512f" in cpu_flags else _REPACK_X86
+    if "dotprod" in cpu_flags or "i8mm" in cpu_flags:
+        return _REPACK_ARM
+    return {}
+
+
+def _repacked(t: Any, rules: dict[str, int]) -> int:
+    """Bytes of tensor `t` that llama.cpp's CPU backend copies into CPU_REPACK (same size)."""
+    if not rules or t.name.startswith(_NOT_MATMUL) or "conv" in t.name:
+        return 0
+    # MUL_MAT on a 2-D matrix, or MUL_MAT_ID on stacked 3-D experts; ne[1] must tile.
+    if len(t.shape) == 2 or (len(t.shape) == 3 and "_exps" in t.name):
+        rows = rules.get(t.type_name)
+        if rows and t.shape[1] % rows == 0:
+            return int(t.nbytes)
+    return 0
+
+
+def _shape(info: GGUFInfo, cpu_flags: frozenset[str] = frozenset()) -> _Shape:
     n_layer = info.n_layer
     heads = info.n_head_kv_per_layer() or [0] * n_layer
     swa = info.swa_layers()
@@ -130,6 +181,18 @@ def _shape(info: GGUFInfo) -> _Shape:
     # range; offloaded, the GPU gets a second copy while the input layer keeps its own.
     output_bytes = output_norm + (embd.nbytes if tied and embd else output_w)
     blk = [t for t in info.tensors if t.name.startswith("blk.")]
+    rules = repack_rules(cpu_flags)
+    layer_repack = [0] * n_layer
+    for t in blk:
+        idx = int(t.name.split(".", 2)[1])
+        if idx < n_layer:
+            layer_repack[idx] += _repacked(t, rules)
+    output_t = [t for t in info.tensors if t.name.startswith("output.") or t.name == "output"]
+    # A tied output is token_embd duplicated for a matrix product: that copy is repacked too.
+    output_repack = sum(_repacked(t, rules) for t in output_t)
+    if tied and embd is not None:
+        output_repack = _repacked(replace(embd, name="output.weight"), rules)
+    state = (info.n_embd_r + info.n_embd_s) * 4
     input_bytes = info.weights_bytes - sum(t.nbytes for t in blk) - output_norm - output_w
     return _Shape(
         name=info.name,
@@ -142,8 +205,12 @@ def _shape(info: GGUFInfo) -> _Shape:
         kv_k=kv_k,
         kv_v=kv_v,
         swa=tuple(swa),
-        n_swa=info.sliding_window,
+        n_swa=info.n_swa,
+        kind=info.memory_kind,
+        rs_layer=tuple(state if r else 0 for r in info.recurrent_layers()),
         layer_bytes=tuple(info.layer_bytes()),
+        layer_repack=tuple(layer_repack),
+        output_repack=output_repack,
         input_bytes=input_bytes,
         output_bytes=output_bytes,
         output_cpu_bytes=output_norm + output_w,
@@ -162,6 +229,32 @@ def kv_row_bytes(kv_type: str, n_values: int) -> int:
     """ggml_row_size: bytes for n_values of a KV cache type."""
     blck, size = _KV_BLOCK[kv_type]
     return n_values // blck * size
+
+
+def checkpoint_bytes(s: _Shape, type_k: str, type_v: str) -> int:
+    """One context checkpoint (llama_state_seq_get_data_ext with PARTIAL_ONLY), in bytes.
+
+    Hybrid and recurrent: the recurrent state, f32 (llama-memory-hybrid.cpp writes only
+    that part). SWA: about the window's cells in every sliding layer (llama-kv-cache-iswa.cpp
+    writes only the SWA cache, unmasked cells only). Dense: none, a checkpoint would copy
+    the whole cache and trimming is exact anyway.
+    """
+    # Beside the data, llama.cpp's state writer stores 12 bytes per cell (position, one
+    # sequence id) and a type and row size (12 bytes) per tensor (llama-kv-cache.cpp,
+    # llama-memory-recurrent.cpp state_write_*).
+    if s.kind in ("hybrid", "recurrent"):
+        layers = sum(1 for b in s.rs_layer if b)
+        return sum(s.rs_layer) + 24 * layers + 28 if layers else 0
+    if s.kind == "swa":
+        swa = [(k, v) for k, v, is_swa in zip(s.kv_k, s.kv_v, s.swa, strict=False) if k and is_swa]
+        per_cell = sum(kv_row_bytes(type_k, k) + kv_row_bytes(type_v, v) for k, v in swa) + 12
+        return s.n_swa * per_cell + 24 * len(swa) + 24
+    return 0
+
+
+# Context checkpoints kept per conversation (the start of the last user message and of
+# the generation header): in RAM beside the live state and on disk beside the state file.
+CHECKPOINTS = 2
 
 
 def _check_types(type_k: str, type_v: str, flash_attn: bool) -> None:
@@ -188,6 +281,7 @@ def _estimate(
     swa_full: bool,
     gpu_offload: bool,
 ) -> Estimate:
+    _check_types(type_k, type_v, flash_attn)
     n_ctx = pad_ctx(n_ctx)
     # llama-context.cpp: n_batch = min(n_ctx, n_batch) for causal models, n_ubatch <= n_batch.
     n_batch = min(n_ctx, n_batch)
@@ -198,10 +292,11 @@ def _estimate(
         g = 0  # llama-model.cpp: act_gpu_layers = devices.empty() ? 0 : ...
 
     # KV cells per layer. llama-kv-cache-iswa.cpp: the SWA cache holds
-    # GGML_PAD(min(n_ctx, n_swa + n_ubatch), 256) cells, or n_ctx with swa_full.
+    # GGML_PAD(min(n_ctx, n_swa * n_seq + n_ubatch), 256) cells (one sequence here), or
+    # n_ctx with swa_full.
     swa_cells = 0
     if any(s.swa):
-        swa_cells = n_ctx if swa_full else min(n_ctx, -(-(s.n_swa + ub) // CTX_PAD) * CTX_PAD)
+        swa_cells = n_ctx if swa_full else -(-min(n_ctx, s.n_swa + ub) // CTX_PAD) * CTX_PAD
     cells = [swa_cells if is_swa else n_ctx for is_swa in s.swa]
     # llama-kv-cache.cpp: without flash attention V is stored transposed and every layer's
     # V rows are sized for the widest layer (n_embd_v_gqa_max).
@@ -225,22 +320,33 @@ def _estimate(
     output_gpu = g >= 1
     weights_gpu = sum(b for b, gpu in zip(s.layer_bytes, on_gpu, strict=True) if gpu)
     weights_cpu = s.input_bytes + sum(b for b, gpu in zip(s.layer_bytes, on_gpu, strict=True) if not gpu)
+    # CPU_REPACK: CPU-resident matrices of a repackable type get a second, anonymous copy
+    # (the mapped one is read once at load, then only the repacked one is used).
+    weights_repack = sum(b for b, gpu in zip(s.layer_repack, on_gpu, strict=True) if not gpu)
     if output_gpu:
         weights_gpu += s.output_bytes
     else:
         weights_cpu += s.output_cpu_bytes
-    # offload_kqv (llama-cpp-python's default): a layer's KV cache lives on its layer's device.
+        weights_repack += s.output_repack
+    # offload_kqv (llama-cpp-python's default): a layer's KV cache, and its recurrent
+    # state (llama-memory-recurrent.cpp, one f32 row of r and s per sequence), live on
+    # its layer's device.
     kv_gpu = sum(b for b, gpu in zip(kv_layer, on_gpu, strict=True) if gpu)
     kv_cpu = sum(kv_layer) - kv_gpu
+    rs_gpu = sum(b for b, gpu in zip(s.rs_layer, on_gpu, strict=True) if gpu)
+    rs_cpu = sum(s.rs_layer) - rs_gpu
+    ckpt = checkpoint_bytes(s, type_k, type_v)
+    ckpt_ram = CHECKPOINTS * ckpt
 
     compute_cpu, compute_gpu = _compute(s, cells, on_gpu, output_gpu, ub, flash_attn, gpu_offload)
     # llama-context.cpp output_reserve: logits for n_seq_max (1) outputs, f32, on the host.
     output = s.n_vocab * 4
     overhead = _overhead(s)
     overhead_gpu = GPU_RUNTIME if gpu_offload else 0
-    buffers = weights_cpu + weights_gpu + kv_cpu + kv_gpu + compute_cpu + compute_gpu + output
-    total_cpu = weights_cpu + kv_cpu + compute_cpu + output + overhead
-    total_gpu = weights_gpu + kv_gpu + compute_gpu + overhead_gpu
+    buffers = weights_cpu + weights_repack + weights_gpu + kv_cpu + kv_gpu + rs_cpu + rs_gpu
+    buffers += compute_cpu + compute_gpu + output
+    total_cpu = weights_cpu + weights_repack + kv_cpu + rs_cpu + compute_cpu + output + overhead + ckpt_ram
+    total_gpu = weights_gpu + kv_gpu + rs_gpu + compute_gpu + overhead_gpu
     return Estimate(
         n_ctx=n_ctx,
         type_k=type_k,
@@ -252,18 +358,27 @@ def _estimate(
         gpu_layers=g,
         kv_bytes_per_token=per_token,
         kv_cells_swa=swa_cells,
+        memory_kind=s.kind,
+        n_swa=s.n_swa,
         weights_cpu=weights_cpu,
         weights_gpu=weights_gpu,
         weights_mmap=weights_cpu,
+        weights_repack=weights_repack,
         kv_cpu=kv_cpu,
         kv_gpu=kv_gpu,
+        rs_cpu=rs_cpu,
+        rs_gpu=rs_gpu,
+        checkpoint_bytes=ckpt,
+        checkpoints=CHECKPOINTS if ckpt else 0,
+        checkpoint_ram=ckpt_ram,
         compute_cpu=compute_cpu,
         compute_gpu=compute_gpu,
         output=output,
         overhead=overhead,
         overhead_gpu=overhead_gpu,
-        weights=weights_cpu + weights_gpu,
+        weights=weights_cpu + weights_repack + weights_gpu,
         kv=kv_cpu + kv_gpu,
+        rs=rs_cpu + rs_gpu,
         compute=compute_cpu + compute_gpu,
         buffers=buffers,
         total_cpu=total_cpu,
@@ -342,18 +457,19 @@ def estimate(
     n_ubatch: int = 512,
     swa_full: bool = False,
     gpu_offload: bool | None = None,
+    cpu_flags: frozenset[str] | None = None,
 ) -> Estimate:
     """What llama.cpp allocates for these exact settings (gpu_layers -1: all).
 
     flash_attn None means what EngineSettings means: on exactly when V is quantized.
     `gpu_offload` says whether llama.cpp has a GPU backend (None: when gpu_layers != 0);
     it matters even at gpu_layers 0, where a GPU build still runs the big batched matrix
-    products, and keeps their scratch, on the GPU.
+    products, and keeps their scratch, on the GPU. `cpu_flags` (None: this machine's,
+    from memory.cpu_flags()) decide which weights the CPU backend repacks.
     """
     fa = flash_attn if flash_attn is not None else type_v != "f16"
-    _check_types(type_k, type_v, fa)
     return _estimate(
-        _shape(info),
+        _shape(info, _cpu_flags(cpu_flags)),
         n_ctx=n_ctx,
         type_k=type_k,
         type_v=type_v,
@@ -367,7 +483,11 @@ def estimate(
 
 
 def estimate_settings(
-    settings: EngineSettings, info: GGUFInfo | None = None, *, gpu_offload: bool | None = None
+    settings: EngineSettings,
+    info: GGUFInfo | None = None,
+    *,
+    gpu_offload: bool | None = None,
+    cpu_flags: frozenset[str] | None = None,
 ) -> Estimate:
     """`estimate()` for the settings an Engine is (or will be) created with."""
     return estimate(
@@ -381,7 +501,16 @@ def estimate_settings(
         n_ubatch=settings.n_ubatch,
         swa_full=settings.swa_full,
         gpu_offload=gpu_offload,
+        cpu_flags=cpu_flags,
     )
+
+
+def _cpu_flags(flags: frozenset[str] | None) -> frozenset[str]:
+    if flags is not None:
+        return flags
+    from .memory import cpu_flags
+
+    return cpu_flags()
 
 
 # --- budgets ------------------------------------------------------------------------------
@@ -495,11 +624,18 @@ def plan(
     defaults to "a GPU was found and this llama.cpp build supports offload".
     Raises BudgetError when not even MIN_CTX tokens with the cheapest cache fit.
     """
+    if n_ctx is not None and n_ctx < 1:
+        raise ConfigError(f"--ctx {n_ctx} is not a positive number of tokens", "use --ctx 512 or more, or leave it out")
+    if budget_bytes is not None and budget_bytes <= 0:
+        raise ConfigError(
+            f"--budget-mb {budget_bytes / MiB:g} is not a positive amount of memory",
+            "use --budget-mb 512 or more, or leave it out to use a share of what is free",
+        )
     if snapshot is None:
         from .memory import probe
 
         snapshot = probe()
-    s = _shape(info)
+    s = _shape(info, snapshot.cpu_flags)
     b = budget_for(snapshot, budget_bytes)
     reasons: list[str] = []
     forced: list[str] = []
@@ -514,11 +650,15 @@ def plan(
     if n_ctx and n_ctx > trained:
         reasons.append(f"--ctx {n_ctx:,} exceeds the trained context ({trained:,}): quality may drop past it")
 
-    # KV types to try.
+    # KV types to try. A type given for K alone (or V alone) leaves the other one f16, as
+    # the options say; with flash attention off only an f16 V cache is possible (llama.cpp
+    # stores V transposed then, which quantized types cannot be), so only K is quantized.
     if kv_type or type_k or type_v:
         tk = type_k or kv_type or "f16"
-        tv = type_v or kv_type or tk
+        tv = type_v or kv_type or "f16"
         kv_choices = [(tk, tv)]
+    elif flash_attn is False:
+        kv_choices = [(t, "f16") for t in KV_TYPES]
     else:
         kv_choices = [(t, t) for t in KV_TYPES]
     for tk, tv in kv_choices:
@@ -532,7 +672,13 @@ def plan(
     if isinstance(gpu_layers, int):
         wanted = all_layers if gpu_layers < 0 else min(gpu_layers, all_layers)
         if wanted and not can_offload:
-            reasons.append(f"--gpu-layers {gpu_layers} ignored: no GPU offload here, everything runs on the CPU")
+            # A compromise, not only a reason: a load says it too, the request was not met.
+            forced.append(
+                f"--gpu-layers {gpu_layers} ignored: "
+                + ("no GPU found" if not has_gpu else "this llama.cpp build cannot offload to the GPU")
+                + ", everything runs on the CPU"
+            )
+            reasons.append(forced[-1])
             wanted = 0
         layer_choices = [wanted]
     elif not can_offload:
@@ -632,6 +778,14 @@ def plan(
             f"swa_full off would cut the KV cache from {_mib(e.kv)} to {_mib(no_full.kv)}, "
             "but the sliding-window cache could then no longer be shifted or hold the full history"
         )
+    reasons.append(describe_kind(e.memory_kind, e.n_swa, e.checkpoint_bytes))
+    if e.rs:
+        reasons.append(f"recurrent state {_mib(e.rs)}: fixed, whatever the context length (llama.cpp's RS buffer)")
+    if e.weights_repack:
+        reasons.append(
+            f"{_mib(e.weights_repack)} of weights are repacked for this CPU (llama.cpp's CPU_REPACK buffer): "
+            "anonymous memory beside the mapped file, which is read once at load"
+        )
     if e.flash_attn and flash_attn is None and tv != "f16":
         reasons.append(f"flash attention on: llama.cpp needs it for a {tv} V cache")
     if can_offload and not snapshot.unified:
@@ -676,6 +830,34 @@ def plan(
     )
 
 
+def describe_kind(kind: str, n_swa: int, checkpoint: int) -> str:
+    """One line: the model's memory kind and what resuming a conversation costs on it."""
+    n = CHECKPOINTS
+    ckpt = (
+        f"resuming keeps {n} context checkpoints of {_mib(checkpoint)} each ({_mib(n * checkpoint)}), "
+        "in RAM beside the live state and on disk beside the state file"
+    )
+    if kind == "swa":
+        return f"sliding-window attention (window {n_swa:,} tokens): {ckpt}"
+    if kind == "hybrid":
+        return f"hybrid (attention + recurrent layers): {ckpt}"
+    if kind == "recurrent":
+        return f"recurrent (no KV cache): {ckpt}"
+    return "dense transformer: a trim of the cache is exact, resuming needs no checkpoints"
+
+
+def resume_cost(info: GGUFInfo, type_k: str = "f16", type_v: str = "f16") -> dict[str, Any]:
+    """`models info`: the memory kind and what resuming costs, for a K/V cache of these types."""
+    s = _shape(info)
+    ckpt = checkpoint_bytes(s, type_k, type_v)
+    return {
+        "recurrent_state_bytes": sum(s.rs_layer),
+        "checkpoint_bytes": ckpt,
+        "checkpoints": CHECKPOINTS if ckpt else 0,
+        "resume": describe_kind(s.kind, s.n_swa, ckpt),
+    }
+
+
 def fits_tokens(p: Plan) -> int:
     """How many tokens a conversation can hold under this plan (the context size)."""
     return p.n_ctx
@@ -715,6 +897,7 @@ def format_plan(p: Plan) -> RenderableType:
     settings.add_column()
     rows: list[tuple[str, Any]] = [
         ("model", p.model),
+        ("memory kind", p.memory_kind + (f" (window {p.n_swa:,} tokens)" if p.memory_kind == "swa" else "")),
         ("context", f"{p.n_ctx:,} tokens (up to {p.max_ctx_that_fits:,} fit this budget)"),
         ("KV cache", f"K {p.type_k} / V {p.type_v}, {p.kv_bytes_per_token:,} bytes per token"),
         ("flash attention", "on" if p.flash_attn else "off"),
@@ -740,7 +923,13 @@ def format_plan(p: Plan) -> RenderableType:
         table.add_row(*cells, style=style)
 
     row("weights", p.weights_cpu, p.weights_gpu)
+    if p.weights_repack:
+        row("repacked weights", p.weights_repack)
     row("KV cache", p.kv_cpu, p.kv_gpu)
+    if p.rs:
+        row("recurrent state", p.rs_cpu, p.rs_gpu)
+    if p.checkpoint_ram:
+        row(f"checkpoints ({p.checkpoints} x {_mib(p.checkpoint_bytes)})", p.checkpoint_ram)
     row("compute buffer", p.compute_cpu, p.compute_gpu)
     row("output (logits)", p.output)
     row("runtime overhead", p.overhead)
@@ -775,6 +964,8 @@ __all__ = [
     "Estimate",
     "Plan",
     "budget_for",
+    "checkpoint_bytes",
+    "describe_kind",
     "estimate",
     "estimate_settings",
     "fits_tokens",
@@ -782,6 +973,7 @@ __all__ = [
     "kv_row_bytes",
     "llama_params",
     "pad_ctx",
+    "resume_cost",
     "plan",
     "plan_for_path",
 ]

@@ -547,7 +547,8 @@ def resolve_model(
         except (OSError, ValueError, RuntimeError):
             is_file = exists = False
         if not is_file:
-            problem = "is a directory, not a model file" if exists else "no such model file"
+            kind = "a directory" if exists and p.is_dir() else "not a regular file"  # e.g. /dev/null
+            problem = f"is {kind}, not a model file" if exists else "no such model file"
             raise ModelError(f"{problem}: {p}", "check the path, or use a registry name from `edgechat models list`")
         return ResolvedModel(name=p.stem, path=p)
     if parsed.kind == "hub":

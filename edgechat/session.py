@@ -4,7 +4,9 @@
             ─► prefill only what the cache lacks ─► stream ─► store the turn ─► save KV state
 
 The transcript in SQLite is the truth; the live KV cache, the in-RAM LRU and the state
-files are three caches of it, checked token by token before use.
+files are three caches of it, checked token by token before use. (One exception: after a
+truncate-policy KV shift the cached values also carry the dropped turns' influence, so a
+rebuild from the transcript may answer differently; see TurnStream._shift.)
 """
 
 from __future__ import annotations
@@ -17,10 +19,18 @@ from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from . import compaction as compact
-from .config import COMPACTION_POLICIES, KV_TYPES, EngineSettings, SamplingSettings, load_defaults, resolve_paths
+from .config import (
+    COMPACTION_POLICIES,
+    KV_TYPES,
+    EngineSettings,
+    SamplingSettings,
+    load_defaults,
+    parse_gpu_layers,
+    resolve_paths,
+)
 from .engine import Checkpoint, Engine, Generation, Rewind, llama_build
 from .errors import BudgetError, Cancelled, ConfigError, EdgechatError, StateError
 from .gguf_info import GGUFInfo, read_gguf
@@ -120,6 +130,9 @@ class Runtime:
         self.defaults = load_defaults(self.paths)
         d = self.defaults
         self.model_spec = model or d.model or _registry_default(self.paths)
+        # What new conversations start with; a turn of an older conversation may load its
+        # own model (model_spec follows the loaded one), but that does not change this.
+        self.default_model = self.model_spec
         self.explicit_model = model is not None  # an explicit -m beats a conversation's own model
         kv = kv_type or d.kv_type
         self.type_k = type_k or kv
@@ -204,8 +217,7 @@ class Runtime:
         """Size the context, KV cache and offload to the budget (planner), honouring explicit options."""
         from . import planner
 
-        gpu = self.gpu_layers
-        gpu_layers: Literal["auto"] | int = "auto" if gpu in (None, "auto") else int(gpu)
+        gpu_layers = cast('Literal["auto"] | int', parse_gpu_layers(self.gpu_layers))
         type_k, type_v = kv_types or (self.type_k, self.type_v)
         self.plan = planner.plan(
             info,
@@ -234,7 +246,7 @@ class Runtime:
             "system_prompt": self.system_prompt if system_prompt is None else system_prompt,
             "compaction": self.compaction,
         }
-        record = self.store.create_conversation(model or self.model_spec, settings, title)
+        record = self.store.create_conversation(model or self.default_model, settings, title)
         return Conversation(self, record.id)
 
     def conversation(self, cid: str) -> Conversation:
@@ -249,12 +261,13 @@ class Runtime:
 
     def delete_conversation(self, cid: str) -> None:
         cid = self.store.conversation(cid).id
-        with ConversationLock(self.paths.data_dir / "locks", cid, self.lock_timeout_s):
+        with ConversationLock(self.paths.data_dir / "locks", cid, self.lock_timeout_s) as lock:
             self.store.delete_conversation(cid)
             self.states.delete(cid)
             self._ram.pop(cid, None)
             if self._owner == cid:
                 self._owner = None
+            lock.discard()
 
     # stateless generation -------------------------------------------------------------
 
@@ -691,7 +704,10 @@ class TurnStream:
         def prompt_len(k: int) -> int:
             return len(engine.chat_tokens([*chat_messages(system, placeholder or summary, active[k:]), user]))
 
-        k = compact.choose_cut(active, prompt_len, reserve, engine.n_ctx)
+        def message_len() -> int:
+            return len(engine.chat_tokens([*chat_messages(system, None, []), user]))
+
+        k = compact.choose_cut(active, prompt_len, reserve, engine.n_ctx, message_len=message_len)
         dropped = active[:k]
         ids = tuple(m.id for m in dropped)
         shifted = False
@@ -724,6 +740,11 @@ class TurnStream:
 
         The cache keeps its common prefix with the new prompt (the system part); the kept
         turns are found by their first tokens and slid left over the dropped ones.
+        The shifted entries were computed while the dropped turns were in view, so later
+        replies follow from the state file, not from the transcript alone: a re-prefill
+        of the same transcript (state lost, other KV type, new llama.cpp) can answer
+        differently, even greedily. The tokens are checked, the values cannot be; README
+        says so under "When a conversation outgrows the context".
         """
         if not engine.can_shift or engine.n_cached == 0:
             return False

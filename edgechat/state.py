@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import private_dir
 from .engine import Checkpoint
 from .errors import StateError
 
@@ -85,6 +86,14 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    """Write and fsync a file only its owner can read (its bytes are the conversation)."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -118,7 +127,7 @@ class StateFiles:
         On any failure (disk full included) the previous header and payload stay as
         they were and the partial file is removed; the error propagates as StateError.
         """
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         gen = time.time_ns()
         payload = self.dir / f"{cid}-{gen}.kv"
         tmp_payload = payload.with_suffix(".kv.tmp")
@@ -127,6 +136,7 @@ class StateFiles:
         written: list[Path] = [payload]
         try:
             write_payload(tmp_payload)
+            os.chmod(tmp_payload, 0o600)  # llama.cpp's fopen leaves it 0644: the tokens are the conversation
             _fsync_file(tmp_payload)
             crc = crc32_file(tmp_payload)
             size = tmp_payload.stat().st_size
@@ -136,10 +146,7 @@ class StateFiles:
                 ck_path = self.dir / f"{cid}-{gen}.ck{k}"
                 written.append(ck_path)
                 data = ck.load()
-                with ck_path.open("wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                _write_private(ck_path, data)
                 cks.append(
                     {"n_tokens": ck.n_tokens, "pos_min": ck.pos_min, "pos_max": ck.pos_max,
                      "file": ck_path.name, "size": len(data), "crc32": zlib.crc32(data)}
@@ -155,11 +162,7 @@ class StateFiles:
                 checkpoints=tuple(cks),
                 **fields,  # type: ignore[arg-type]
             )
-            data = json.dumps(asdict(header), separators=(",", ":")).encode()
-            with tmp_header.open("wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _write_private(tmp_header, json.dumps(asdict(header), separators=(",", ":")).encode())
             os.replace(tmp_header, header_path)
             _fsync_dir(self.dir)
         except BaseException as exc:  # Ctrl-C mid-save too: never leave a half-written file behind

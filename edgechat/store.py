@@ -7,8 +7,10 @@ Nothing here deletes a message except an explicit `delete_conversation`.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import private_dir
 from .errors import ConfigError, EdgechatError
 
 
@@ -103,12 +106,22 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1]
 
 
 class Store:
-    """Conversations and messages in one SQLite file (WAL, one transaction per turn)."""
+    """Conversations and messages in one SQLite file (WAL, one transaction per turn).
+
+    One connection serves every thread (the UI thread renames while the llama thread
+    appends a turn), so every use of it holds `_lock`: a transaction from start to
+    COMMIT, a read until its rows are fetched. Without it one thread's BEGIN or COMMIT
+    lands inside another's transaction and a finished reply is lost.
+    The file is created readable by this user only (0600; SQLite gives its -wal and
+    -shm files the same mode), in a data directory created 0700: transcripts are private.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        private_dir(path.parent)
         try:
+            _private_file(path)
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -122,7 +135,13 @@ class Store:
             ) from exc
 
     def close(self) -> None:
-        self.db.close()
+        with self._lock:
+            self.db.close()
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Run one read and fetch all its rows under the connection lock."""
+        with self._lock:
+            return self.db.execute(sql, params).fetchall()
 
     def _migrate(self) -> None:
         with self.transaction():
@@ -143,14 +162,20 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        else:
-            self.db.execute("COMMIT")
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception).
+
+        Holds the connection lock throughout, so use the yielded connection only inside
+        the `with` block; transactions from other threads wait for this one.
+        """
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            else:
+                self.db.execute("COMMIT")
 
     # conversations -------------------------------------------------------------------
 
@@ -176,10 +201,10 @@ class Store:
     def conversation(self, id_or_prefix: str) -> ConversationRecord:
         """Look one up by id or a unique id prefix (as git does for commits)."""
         rows = (
-            self.db.execute(
+            self._rows(
                 self._SUMMARY_SQL + " WHERE c.id LIKE ? ESCAPE '\\' GROUP BY c.id",
                 (_like_escape(id_or_prefix.strip()) + "%",),
-            ).fetchall()
+            )
             if id_or_prefix.strip()
             else []
         )
@@ -193,10 +218,10 @@ class Store:
         return _record(rows[0])
 
     def conversations(self, search: str = "") -> list[ConversationRecord]:
-        rows = self.db.execute(
+        rows = self._rows(
             self._SUMMARY_SQL + " WHERE c.title LIKE ? ESCAPE '\\' GROUP BY c.id ORDER BY c.updated_at DESC",
             (f"%{_like_escape(search)}%",),
-        ).fetchall()
+        )
         return [_record(r) for r in rows]
 
     def latest(self) -> ConversationRecord | None:
@@ -222,7 +247,7 @@ class Store:
     # messages ------------------------------------------------------------------------
 
     def messages(self, cid: str) -> list[Message]:
-        rows = self.db.execute("SELECT * FROM messages WHERE conversation_id = ? ORDER BY seq", (cid,)).fetchall()
+        rows = self._rows("SELECT * FROM messages WHERE conversation_id = ? ORDER BY seq", (cid,))
         return [
             Message(
                 id=r["id"],
@@ -268,6 +293,15 @@ class Store:
                 db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, cid))
             db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, cid))
         return self.messages(cid)
+
+
+def _private_file(path: Path) -> None:
+    """Create `path` empty with mode 0600 if missing, or take group/other access away."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(path, 0o600)
+    except OSError:
+        pass  # sqlite3.connect reports an unusable path in its own words
 
 
 def _record(r: sqlite3.Row) -> ConversationRecord:

@@ -53,8 +53,11 @@ def _ffn(w, t, il: int) -> None:  # noqa: ANN001
     w.add_tensor(f"blk.{il}.ffn_down.weight", t(N_FF, N_EMBD))
 
 
-def write_qwen35(path: Path, *, seed: int = 0, ctx: int = 4096) -> Path:
-    """Layers 1 and 3 attend (full_attention_interval 2), 0 and 2 are gated delta-net."""
+def write_qwen35(path: Path, *, seed: int = 0, ctx: int = 4096, interval: int = 2) -> Path:
+    """Every `interval`-th layer attends (layers 1 and 3 by default), the others are gated delta-net.
+
+    Real Qwen3.5 models use an interval of 4.
+    """
     import gguf
 
     arch = "qwen35"
@@ -66,7 +69,7 @@ def write_qwen35(path: Path, *, seed: int = 0, ctx: int = 4096) -> Path:
     w.add_uint32(f"{arch}.attention.head_count_kv", 1)
     w.add_uint32(f"{arch}.attention.key_length", HEAD_DIM)
     w.add_uint32(f"{arch}.attention.value_length", HEAD_DIM)
-    w.add_uint32(f"{arch}.full_attention_interval", 2)
+    w.add_uint32(f"{arch}.full_attention_interval", interval)
     w.add_array(f"{arch}.rope.dimension_sections", [HEAD_DIM // 4] * 4)
     w.add_uint32(f"{arch}.ssm.conv_kernel", conv)
     w.add_uint32(f"{arch}.ssm.inner_size", value_dim)
@@ -80,7 +83,7 @@ def write_qwen35(path: Path, *, seed: int = 0, ctx: int = 4096) -> Path:
     for il in range(N_LAYER):
         w.add_tensor(f"blk.{il}.attn_norm.weight", t(N_EMBD, scale=0.0, offset=1.0))
         w.add_tensor(f"blk.{il}.post_attention_norm.weight", t(N_EMBD, scale=0.0, offset=1.0))
-        if (il + 1) % 2 == 0:
+        if (il + 1) % interval == 0:
             w.add_tensor(f"blk.{il}.attn_q.weight", t(N_EMBD, HEAD_DIM * N_HEAD * 2))
             w.add_tensor(f"blk.{il}.attn_k.weight", t(N_EMBD, HEAD_DIM))
             w.add_tensor(f"blk.{il}.attn_v.weight", t(N_EMBD, HEAD_DIM))
