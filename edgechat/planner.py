@@ -609,7 +609,7 @@ def plan(
     snapshot: MemorySnapshot | None = None,
     n_batch: int = 512,
     n_ubatch: int = 512,
-    swa_full: bool = True,
+    swa_full: bool = False,
     gpu_offload: bool | None = None,
 ) -> Plan:
     """Choose n_ctx, KV types and GPU layers for `info` within a memory budget.

@@ -435,8 +435,12 @@ def _in_ram(checkpoints: Sequence[Checkpoint]) -> tuple[Checkpoint, ...]:
             data = ck.load()
         except StateError:
             continue
-        out.append(replace(ck, load=lambda d=data: d))
+        out.append(replace(ck, load=_constant(data)))
     return tuple(out)
+
+
+def _constant(data: bytes) -> Callable[[], bytes]:
+    return lambda: data
 
 
 def checkpoint_points(engine: Engine, chat: Sequence[dict[str, str]], tokens: Sequence[int]) -> tuple[int, ...]:

@@ -220,7 +220,7 @@ def test_plan_command_prints_the_breakdown_and_the_llama_cpp_settings(home: Path
     for word in ("KV cache", "compute buffer", "weights", "total", "budget"):
         assert word in shown.stdout
     assert (
-        "n_ctx=4096 type_k=q8_0 type_v=q8_0 flash_attn=true swa_full=true n_batch=512 n_ubatch=512 n_gpu_layers=0"
+        "n_ctx=4096 type_k=q8_0 type_v=q8_0 flash_attn=true swa_full=false n_batch=512 n_ubatch=512 n_gpu_layers=0"
         in " ".join(shown.stdout.split())  # rich wraps the line to the terminal's width
     )
     data = json.loads(run_cli(*args, "--json", home=home).stdout)
