@@ -557,9 +557,10 @@ def models_info(
         try:
             resolved = resolve_model(name, paths, download=False)
             summary = read_gguf(resolved.path).summary()
-        except ModelError:
+        except ModelError as exc:
             if entry is None:
                 raise
+            _notice(f"{exc.message}: {exc.hint} to read its GGUF header")  # what the registry knows still helps
             summary = {"name": entry.name, "downloaded": False, "context_length": entry.context_length}
         if entry is not None:
             summary["note"] = entry.note

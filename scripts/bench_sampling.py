@@ -74,8 +74,9 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS))
     ap.add_argument("--max-tokens", type=int, default=160)
-    ap.add_argument("--seeds", type=int, default=1, help="sampled runs (temperature 0.7) per prompt")
+    ap.add_argument("--seeds", type=int, default=1, help="sampled runs (temperature 0.7) per prompt; 0: greedy only")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="use the first N prompts only")
     ap.add_argument("--show", action="store_true", help="print every reply")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -84,11 +85,13 @@ def main() -> None:
         engine = Engine(EngineSettings(model_path=str(fetch(model)), n_ctx=2048, threads=args.threads))
         for name in args.configs:
             for mode, temp, seeds in (("greedy", 0.0, [0]), ("t0.7", 0.7, list(range(args.seeds)))):
+                if not seeds:
+                    continue
                 loops = guard = length = tokens = facts = fact_total = replies = 0
                 t0 = time.perf_counter()
                 for seed in seeds:
                     s = replace(CONFIGS[name], temperature=temp, seed=seed, max_tokens=args.max_tokens)
-                    for turns, fact in PROMPTS:
+                    for turns, fact in PROMPTS[: args.prompts]:
                         text, n, finish, caught = run(engine, turns, s)
                         loop = repeated_words(text)
                         replies += 1

@@ -225,3 +225,36 @@ def test_packaged_models_carry_their_authors_sampling(home: Path) -> None:
     assert json.loads(r.stdout)["recommended_sampling"]["temperature"] == 0.6
     text = run_cli("models", "info", "qwen3-1.7b", home=home).stdout
     assert "temperature = 0.6" in text
+
+
+@pytest.mark.asyncio
+async def test_the_chat_ui_says_when_the_loop_guard_ended_a_reply(
+    home: Path, smollm2: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the penalty, greedy SmolLM2 answers this with "la femme au martyre, ..." (issue 19)."""
+    import time
+
+    from edgechat import Runtime
+    from edgechat.config import save_default
+    from edgechat.tui.app import EdgechatApp
+    from edgechat.tui.widgets.chat_log import MessageView
+
+    monkeypatch.delenv("COLORFGBG", raising=False)
+    paths = resolve_paths(home)
+    for key, value in (("temperature", 0.0), ("repeat_penalty", 1.0), ("max_tokens", 120)):
+        save_default(paths, key, value)
+    app = EdgechatApp(lambda notice: Runtime(model=str(smollm2), home=home, ctx=1024, threads=2, on_notice=notice))
+    async with app.run_test(size=(100, 30)) as pilot:
+        deadline = time.monotonic() + 120
+        while not app.model_ready:
+            assert time.monotonic() < deadline
+            await pilot.pause(0.05)
+        app.prompt.text = "What is the capital of France?"
+        await pilot.press("enter")
+        while app.turn is not None or app.last_stats is None:
+            assert time.monotonic() < deadline + 120
+            await pilot.pause(0.05)
+        assert app.last_stats.finish_reason == "repetition"
+        replies = [v for v in app.query(MessageView) if v.role == "assistant"]
+        assert "repeating itself" in str(replies[-1].border_subtitle)
+    assert app.shut_down(timeout=60)
