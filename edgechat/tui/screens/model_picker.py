@@ -44,7 +44,7 @@ class PathSuggester(Suggester):
         return value + names[0][len(stem) :]
 
 
-NOTE_WIDTH = 34
+NOTE_WIDTH = 20  # what is left of an 80-column sheet after the fit, context and size columns
 
 
 def _clip(text: str, width: int) -> str:
