@@ -51,6 +51,12 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _size(n: object, estimated: bool) -> str:
+    if not isinstance(n, int):
+        return ""
+    return ("~" if estimated else "") + (f"{n / 1e9:.1f}G" if n >= 1e9 else f"{n / 1e6:.0f}M")
+
+
 def _field(row: dict[str, Any], *names: str) -> str:
     for name in names:
         if row.get(name) not in (None, ""):
@@ -81,7 +87,7 @@ class ModelPicker(ModalScreen[str | None]):
                 table.add_column(label, width=width)
             yield table
             yield Label(
-                "✓ on this machine   ↓ downloaded when chosen   fit/ctx: for the memory free now   ~ estimated",
+                "✓ here  ↓ downloaded when chosen  fit, ctx: for the free memory  ~ guess",
                 classes="hint legend",
             )
             yield Label("", id="suggestion", classes="hint")
@@ -127,7 +133,7 @@ class ModelPicker(ModalScreen[str | None]):
                 _field(row, "quant", "default_quant"),
                 _field(row, "fit"),
                 f"{int(ctx) // 1024}k" if isinstance(ctx, int) and ctx >= 1024 else str(ctx or ""),
-                f"{'~' if row.get('download_estimated') else ''}{size / 1e9:.1f}G" if isinstance(size, int) else "",
+                _size(size, bool(row.get("download_estimated"))),
                 _clip(_field(row, "note"), NOTE_WIDTH),
                 key=_field(row, "name"),
             )
