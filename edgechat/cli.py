@@ -323,8 +323,9 @@ def chat(
 
         def make(notice: Callable[[str], None]) -> Any:
             rt = _runtime(**options, sampling=sampling, on_notice=notice)
-            if model is None and not conversation and not cont and not rt.store.conversations(""):
-                from .fit import suggest_in_background  # a first chat: is there a better model for this machine?
+            first = not rt.store.conversations("")  # a first chat, on the default model: is there a better one?
+            if first and model is None and not rt.defaults.model and not conversation and not cont:
+                from .fit import suggest_in_background
 
                 suggest_in_background(rt.paths, budget_mb, notice)
             return rt

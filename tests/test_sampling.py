@@ -151,32 +151,39 @@ def test_a_conversations_settings_beat_the_model_and_the_api_beats_both(home: Pa
         assert (r.stats.sampling["max_tokens"], r.stats.sampling["top_k"]) == (2, 5)
 
 
-def test_chat_takes_the_sampling_options(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chat_takes_the_sampling_options_and_a_first_chat_suggests_a_model(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+    import threading
+
     import edgechat.tui.app as tui_app
     from edgechat.cli import app
 
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fake_hub import FakeHub
+
     made: list[Any] = []
+    notices: list[str] = []
+    noticed = threading.Event()
+
+    def notice(text: str) -> None:
+        notices.append(text)
+        noticed.set()
 
     def fake_run_app(make_runtime: Any, conversation: Any = None, cont: bool = False) -> None:
-        made.append(make_runtime(lambda _msg: None))
+        made.append(make_runtime(notice))
 
     monkeypatch.setattr(tui_app, "run_app", fake_run_app)
-    opts = [
-        "chat",
-        "--temperature",
-        "0",
-        "--seed",
-        "7",
-        "--max-tokens",
-        "33",
-        "--repeat-penalty",
-        "1.2",
-        "--no-loop-guard",
-    ]
-    result = CliRunner().invoke(app, opts)
-    assert result.exit_code == 0, result.output
+    opts = ["chat", "--temperature", "0", "--seed", "7", "--max-tokens", "33", "--repeat-penalty", "1.2"]
+    with FakeHub() as hub:  # a hub in reach: the first chat suggests the best model that fits
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        result = CliRunner().invoke(app, [*opts, "--no-loop-guard", "--budget-mb", "60000"])
+        assert result.exit_code == 0, result.output
+        assert noticed.wait(30)
     s = made[0].sampling()
     assert (s.temperature, s.seed, s.max_tokens, s.repeat_penalty, s.loop_guard) == (0.0, 7, 33, 1.2, False)
+    assert "this machine fits llama-3.1-8b" in notices[0] and "works offline now" in notices[0]
     made[0].close()
 
 
