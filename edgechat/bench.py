@@ -352,8 +352,8 @@ def run_bench(open_engine: OpenEngine, config: BenchConfig, progress: Progress =
 
 
 def _sampling(gen_tokens: int) -> SamplingSettings:
-    # Greedy: every KV type and the baseline then decode the same number of tokens.
-    return SamplingSettings(max_tokens=gen_tokens, temperature=0.0, seed=0)
+    # Greedy, no loop guard: every KV type and the baseline then decode the same number of tokens.
+    return SamplingSettings(max_tokens=gen_tokens, temperature=0.0, seed=0, loop_guard=False)
 
 
 def _bench_kv(

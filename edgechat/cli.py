@@ -52,6 +52,19 @@ CompactOpt = Annotated[
 MaxTokOpt = Annotated[int | None, typer.Option("--max-tokens", help="Longest reply, in tokens.")]
 TempOpt = Annotated[float | None, typer.Option("--temperature", help="0 is greedy and reproducible.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Sampling seed.")]
+RepeatOpt = Annotated[
+    float | None, typer.Option("--repeat-penalty", help="Penalty on tokens of the last 64 (1 is off; default 1.1).")
+]
+DryOpt = Annotated[
+    float | None,
+    typer.Option("--dry-multiplier", help="llama.cpp's DRY anti-repetition sampler (0 is off, 0.8 typical)."),
+]
+LoopGuardOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--loop-guard/--no-loop-guard", help="End a reply that repeats one span 3 times in a row (default on)."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else on stdout.")]
 
 
@@ -88,6 +101,7 @@ def _runtime(
     budget_mb: int | None = None,
     compaction: str | None = None,
     on_notice: Callable[[str], None] = _notice,
+    sampling: dict[str, Any] | None = None,
 ) -> Any:
     from .session import Runtime
 
@@ -99,7 +113,7 @@ def _runtime(
     return Runtime(
         model, home=_state["home"], kv_type=kv_type, type_k=k_type, type_v=v_type, ctx=ctx,
         flash_attn=_flash(flash_attn), gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb,
-        compaction=compaction, on_notice=on_notice,
+        compaction=compaction, on_notice=on_notice, sampling=sampling,
     )  # fmt: skip
 
 
@@ -113,6 +127,15 @@ def _read_stdin() -> str:
             f"the input is not valid UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})",
             "convert it to UTF-8 first, e.g. iconv -f latin1 -t utf-8",
         ) from None
+
+
+def _say_finish(finish_reason: str) -> None:
+    """A reply the loop guard ended says so on stderr (stdout holds only the reply)."""
+    if finish_reason == "repetition":
+        print(
+            "note: reply stopped: it kept repeating itself (finish_reason: repetition; --no-loop-guard lets it run)",
+            file=sys.stderr,
+        )
 
 
 def _stream_out(pieces: Iterator[str]) -> None:
@@ -161,6 +184,7 @@ def generate(
     model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
     max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None, json_out: JsonOpt = False,
+    repeat_penalty: RepeatOpt = None, dry_multiplier: DryOpt = None, loop_guard: LoopGuardOpt = None,
 ) -> None:  # fmt: skip
     """One stateless completion, streamed to stdout."""
 
@@ -176,7 +200,10 @@ def generate(
             if not text.strip():
                 raise EdgechatError("the prompt is empty", "give a prompt to complete")
         with _runtime(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb) as rt:
-            sampling = rt.sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
+            sampling = rt.sampling(
+                max_tokens=max_tokens, temperature=temperature, seed=seed, repeat_penalty=repeat_penalty,
+                dry_multiplier=dry_multiplier, loop_guard=loop_guard,
+            )  # fmt: skip
             if batch is not None:
                 _run_batch(rt, batch, system, raw, sampling)
                 return
@@ -185,6 +212,7 @@ def generate(
                 print(json.dumps(asdict(stream.run())))
             else:
                 _stream_out(iter(stream))
+                _say_finish(stream.result.finish_reason if stream.result else "")
 
     _guard(body)
 
@@ -275,7 +303,8 @@ def send(
     model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
     compaction: CompactOpt = None, max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None,
-    json_out: JsonOpt = False,
+    json_out: JsonOpt = False, repeat_penalty: RepeatOpt = None, dry_multiplier: DryOpt = None,
+    loop_guard: LoopGuardOpt = None,
 ) -> None:  # fmt: skip
     """One turn of a saved conversation (new, by id, or the latest)."""
 
@@ -296,7 +325,10 @@ def send(
                     raise EdgechatError(
                         "there is no conversation to continue", "start one with: edgechat send --new MESSAGE"
                     )
-            turn = conv.stream(text, max_tokens=max_tokens, temperature=temperature, seed=seed)
+            turn = conv.stream(
+                text, max_tokens=max_tokens, temperature=temperature, seed=seed, repeat_penalty=repeat_penalty,
+                dry_multiplier=dry_multiplier, loop_guard=loop_guard,
+            )  # fmt: skip
             if json_out:
                 for _ in turn:
                     pass
@@ -314,6 +346,7 @@ def send(
                     f"{' · compacted' if st.compacted else ''}]",
                     file=sys.stderr,
                 )
+                _say_finish(st.finish_reason)
 
     _guard(body)
 
@@ -327,7 +360,8 @@ def chat(
     cont: Annotated[bool, typer.Option("--continue", help="Reopen the most recent conversation.")] = False,
     model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
-    compaction: CompactOpt = None,
+    compaction: CompactOpt = None, max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None,
+    repeat_penalty: RepeatOpt = None, dry_multiplier: DryOpt = None, loop_guard: LoopGuardOpt = None,
 ) -> None:  # fmt: skip
     """The terminal chat UI."""
 
@@ -338,7 +372,21 @@ def chat(
             model=model, ctx=ctx, kv_type=kv_type, k_type=k_type, v_type=v_type, flash_attn=flash_attn,
             gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb, compaction=compaction,
         )  # fmt: skip
-        run_app(lambda notice: _runtime(**options, on_notice=notice), conversation=conversation, cont=cont)
+        sampling = dict(
+            max_tokens=max_tokens, temperature=temperature, seed=seed, repeat_penalty=repeat_penalty,
+            dry_multiplier=dry_multiplier, loop_guard=loop_guard,
+        )  # fmt: skip
+
+        def make(notice: Callable[[str], None]) -> Any:
+            rt = _runtime(**options, sampling=sampling, on_notice=notice)
+            first = not rt.store.conversations("")  # a first chat, on the default model: is there a better one?
+            if first and model is None and not rt.defaults.model and not conversation and not cont:
+                from .fit import suggest_in_background
+
+                suggest_in_background(rt.paths, budget_mb, notice)
+            return rt
+
+        run_app(make, conversation=conversation, cont=cont)
 
     _guard(body)
 
@@ -520,31 +568,59 @@ def conversations_delete(
 
 
 @models_app.command("list")
-def models_list(json_out: JsonOpt = False) -> None:
-    """Models in the registry (packaged plus your models.toml) and whether they are downloaded."""
+def models_list(budget_mb: BudgetOpt = None, json_out: JsonOpt = False) -> None:
+    """Models in the registry, whether they are downloaded, and whether they fit this machine's free memory."""
 
     def body() -> None:
         from .config import resolve_paths
+        from .fit import fits_table
         from .registry import Registry, list_models
 
         paths = resolve_paths(_state["home"])
-        rows = list_models(Registry.load(paths), paths)
+        registry = Registry.load(paths)
+        rows = list_models(registry, paths, fits_table(registry, paths, (budget_mb or 0) * (1 << 20) or None))
         if json_out:
             print(json.dumps(rows, default=str))
             return
         from rich.console import Console
         from rich.table import Table
 
-        table = Table("name", "quant", "downloaded", "context", "source", "note", box=None)
+        cells = []
+        estimated = False
         for r in rows:
-            table.add_row(
-                str(r.get("name")), str(r.get("quant", r.get("default_quant", ""))),
-                "yes" if r.get("downloaded") else "", str(r.get("context_length", "")),
-                str(r.get("source", "")), str(r.get("note", "")),
-            )  # fmt: skip
-        Console().print(table)
+            estimated = estimated or bool(r.get("fit_estimated"))
+            cells.append([
+                str(r.get("name")) + (" *" if r.get("default") else ""), str(r.get("quant", "")),
+                "yes" if r.get("downloaded") else "", str(r.get("fit", "")),
+                f"{r['fit_context']:,}" if r.get("fit_context") else "-",
+                _size(r.get("download_bytes"), bool(r.get("download_estimated"))), str(r.get("note", "")),
+            ])  # fmt: skip
+        console = Console()
+        heads = ("name", "quant", "here", "fit", "context", "download")
+        widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)] if cells else []
+        room = max(12, console.width - sum(widths) - 2 * (len(heads) + 1))
+        table = Table(*heads, "note", box=None)
+        style = {"fits": "green", "tight": "yellow", "too big": "red"}
+        for c in cells:  # the note takes what is left of the line, so a row stays one line
+            c[6] = c[6] if len(c[6]) <= room else c[6][: room - 1] + "…"
+            c[3] = f"[{style[c[3]]}]{c[3]}[/]" if c[3] in style else c[3]
+            table.add_row(*c)
+        console.print(table)
+        console.print(
+            "* the default model.  fit: for "
+            + (f"a budget of {budget_mb:,} MiB" if budget_mb else "the memory free now")
+            + "; context: the tokens it would get"
+            + ("; ~ and models not downloaded: estimated from models.toml, not the GGUF header" if estimated else ""),
+            style="dim",
+        )
 
     _guard(body)
+
+
+def _size(n: Any, estimated: bool) -> str:
+    if not isinstance(n, int):
+        return "?"
+    return f"{'~' if estimated else ''}{n / 1e9:.2f} GB" if n >= 1e9 else f"{'~' if estimated else ''}{n / 1e6:.0f} MB"
 
 
 @models_app.command("pull")
@@ -571,22 +647,38 @@ def models_info(
     name: Annotated[str, typer.Argument(help="Registry name, owner/repo/file.gguf, or a local path.")],
     json_out: JsonOpt = False,
 ) -> None:
-    """What the GGUF header says (read without loading the weights)."""
+    """What the GGUF header says (read without loading the weights), and the model's recommended sampling."""
 
     def body() -> None:
         from .config import resolve_paths
+        from .errors import ModelError
         from .gguf_info import read_gguf
         from .planner import resume_cost
-        from .registry import resolve_model
+        from .registry import Registry, parse_spec, resolve_model
 
-        resolved = resolve_model(name, resolve_paths(_state["home"]), download=False)
-        info = read_gguf(resolved.path)
-        summary = {**info.summary(), "n_swa": info.n_swa, **resume_cost(info)}
+        paths = resolve_paths(_state["home"])
+        spec = parse_spec(name)
+        entry = Registry.load(paths).get(spec.name) if spec.kind == "registry" else None
+        summary: dict[str, Any] = {}
+        try:
+            resolved = resolve_model(name, paths, download=False)
+            info = read_gguf(resolved.path)
+            summary = {**info.summary(), "n_swa": info.n_swa, **resume_cost(info)}
+        except ModelError as exc:
+            if entry is None:
+                raise
+            _notice(f"{exc.message}: {exc.hint} to read its GGUF header")  # what the registry knows still helps
+            summary = {"name": entry.name, "downloaded": False, "context_length": entry.context_length}
+        if entry is not None:
+            summary["note"] = entry.note
+            summary["recommended_sampling"] = dict(entry.sampling)
         if json_out:
-            print(json.dumps(summary))
+            print(json.dumps(summary, default=str))
             return
         width = max(len(k) for k in summary)
         for k, v in summary.items():
+            if isinstance(v, dict):
+                v = ", ".join(f"{a} = {b}" for a, b in v.items()) or "edgechat's defaults"
             print(f"{k:<{width}}  {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k:<{width}}  {v}")
 
     _guard(body)

@@ -103,20 +103,83 @@ class EngineSettings:
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How a reply is drawn; temperature 0 is greedy and reproducible."""
+    """How a reply is drawn; temperature 0 is greedy and reproducible.
+
+    The defaults keep small models out of loops: llama.cpp's classic repetition penalty
+    (1.1 over the last 64 tokens; its own default is now 1.0, i.e. off) measured best on
+    the test models (see scripts/bench_sampling.py and README "Sampling"); DRY is
+    available but off. The loop guard ends a reply that repeats one span `loop_repeats`
+    times in a row (finish_reason "repetition"). A registry model's recommended values
+    (models.toml `sampling`) replace these; config.toml, a conversation's settings and
+    explicit options replace those in turn.
+    """
 
     max_tokens: int = 512
     temperature: float = 0.7
     top_p: float = 0.95
     top_k: int = 40
     min_p: float = 0.05
-    repeat_penalty: float = 1.0
+    repeat_penalty: float = 1.1
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    dry_multiplier: float = 0.0  # > 0 turns llama.cpp's DRY sampler on (0.8 is its usual value)
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_last_n: int = -1  # -1: the whole context
+    loop_guard: bool = True
+    loop_repeats: int = 3
     seed: int = 0
+
+
+# The SamplingSettings fields a models.toml `sampling` table, config.toml and the CLI may set.
+SAMPLING_KEYS = tuple(f.name for f in fields(SamplingSettings))
+_SAMPLING_TYPES: dict[str, type] = {f.name: type(getattr(SamplingSettings(), f.name)) for f in fields(SamplingSettings)}
+
+
+def check_sampling(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Type- and range-check sampling overrides (from a file or the CLI); ints pass where floats are wanted."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in _SAMPLING_TYPES:
+            raise ConfigError(f"{where}: unknown sampling key {key!r}", f"use one of: {', '.join(SAMPLING_KEYS)}")
+        kind = _SAMPLING_TYPES[key]
+        ok = type(value) is kind or (kind is float and type(value) is int)
+        if not ok:
+            raise ConfigError(f"{where}: {key} = {value!r} must be {kind.__name__}", "fix the value")
+        value = kind(value)
+        problem = _sampling_range(key, value)
+        if problem:
+            raise ConfigError(f"{where}: {key} = {value!r} {problem}", "fix the value")
+        out[key] = value
+    return out
+
+
+def _sampling_range(key: str, value: Any) -> str:
+    """What is wrong with one sampling value ("" when nothing)."""
+    if key in ("max_tokens", "loop_repeats", "dry_allowed_length") and value < 1:
+        return "must be at least 1"
+    if key in ("top_k", "temperature", "presence_penalty", "frequency_penalty", "dry_multiplier") and value < 0:
+        return "must not be negative"
+    if key in ("top_p", "min_p") and not 0 <= value <= 1:
+        return "must be between 0 and 1"
+    if key == "repeat_penalty" and value <= 0:
+        return "must be positive (1 is off)"
+    if key == "dry_base" and value < 1:
+        return "must be at least 1"
+    if key in ("repeat_last_n", "dry_last_n") and value < -1:
+        return "must be -1 (the whole context), 0 (off) or a token count"
+    return ""
 
 
 @dataclass(frozen=True)
 class Defaults:
-    """User-level defaults from config.toml; every CLI option can override them."""
+    """User-level defaults from config.toml; every CLI option can override them.
+
+    Sampling keys (any SamplingSettings field: temperature, repeat_penalty, loop_guard, ...)
+    are kept in `sampling`, and only the ones the file sets: an unset key leaves the model's
+    recommended value (models.toml) in force.
+    """
 
     model: str = ""  # empty: the registry's default (smollm2-135m as shipped)
     system_prompt: str = ""
@@ -126,11 +189,21 @@ class Defaults:
     threads: int | None = None
     budget_mb: int | None = None
     compaction: str = "summarize"
-    max_tokens: int = 512
-    temperature: float = 0.7
-    seed: int = 0
     theme: str = "auto"  # the chat UI's: auto (from the terminal's COLORFGBG), light, dark, or a Textual theme name
+    sampling: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.sampling.get("max_tokens", SamplingSettings.max_tokens))
+
+    @property
+    def temperature(self) -> float:
+        return float(self.sampling.get("temperature", SamplingSettings.temperature))
+
+    @property
+    def seed(self) -> int:
+        return int(self.sampling.get("seed", SamplingSettings.seed))
 
 
 def load_defaults(paths: Paths) -> Defaults:
@@ -145,19 +218,23 @@ def load_defaults(paths: Paths) -> Defaults:
     section = data.get("defaults", {})
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: [defaults] must be a table", "see the README for the format")
-    known = {f.name: f for f in fields(Defaults) if f.name != "extra"}
+    known = {f.name: f for f in fields(Defaults) if f.name not in ("extra", "sampling")}
     values: dict[str, Any] = {}
+    sampling: dict[str, Any] = {}
     for key, value in section.items():
-        if key not in known:
+        if key in _SAMPLING_TYPES:
+            sampling[key] = value
+        elif key not in known:
             raise ConfigError(
                 f"{path}: unknown key defaults.{key}",
-                f"use one of: {', '.join(sorted(known))}",
+                f"use one of: {', '.join(sorted([*known, *SAMPLING_KEYS]))}",
             )
-        problem = _bad_value(key, value)
-        if problem:
-            raise ConfigError(f"{path}: defaults.{key} = {_toml_value(value)} {problem}", _VALUE_HINTS[key])
-        values[key] = value
-    result = replace(Defaults(), **values)
+        else:
+            problem = _bad_value(key, value)
+            if problem:
+                raise ConfigError(f"{path}: defaults.{key} = {_toml_value(value)} {problem}", _VALUE_HINTS[key])
+            values[key] = value
+    result = replace(Defaults(), **values, sampling=check_sampling(sampling, f"{path}: defaults"))
     if result.kv_type is not None and result.kv_type not in KV_TYPES:
         raise ConfigError(f"{path}: defaults.kv_type = {result.kv_type!r}", f"use one of {KV_TYPES}")
     if result.compaction not in COMPACTION_POLICIES:

@@ -24,6 +24,7 @@ from typing import Any
 from .config import KV_TYPES, EngineSettings, SamplingSettings
 from .errors import Cancelled, ConfigError, EdgechatError, ModelError, StateError
 from .gguf_info import GGUFInfo, read_gguf
+from .loop_guard import LoopGuard
 from .threads import ThreadControl
 
 CTX_PAD = 256
@@ -50,7 +51,7 @@ class GenerationStats:
     decode_tokens_per_s: float
     prefill_s: float
     decode_s: float
-    finish_reason: str  # "stop" | "length" | "cancelled"
+    finish_reason: str  # "stop" | "length" | "cancelled" | "repetition" (the loop guard ended it)
     token_latencies_s: tuple[float, ...] = field(default=(), repr=False)
     decode_threads: int = 0  # at the end of the turn (the watchdog may have stepped it)
     prefill_threads: int = 0
@@ -684,10 +685,7 @@ class Generation:
             todo = self.prompt[keep:]
             self.prefill_tokens = len(todo)
             llm.set_seed(s.seed)
-            sampler = llm._init_sampler(
-                top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, temp=s.temperature,
-                repeat_penalty=s.repeat_penalty,
-            )  # fmt: skip
+            sampler = make_sampler(llm, s, eng.n_ctx)
             eng.threads.before_prefill()
             self._prefill(todo)
             t_prefill = time.perf_counter()
@@ -701,6 +699,7 @@ class Generation:
             max_new = min(s.max_tokens, eng.n_ctx - eng.n_cached)
             pending = ""
             hold = max((len(x) for x in self.stop_strings), default=0)
+            guard = LoopGuard(s.loop_repeats, eng.detokenize) if s.loop_guard else None
             while len(self.tokens) < max_new:
                 if self.stop is not None and self.stop.is_set():
                     finish = "cancelled"
@@ -734,6 +733,9 @@ class Generation:
                     out, pending = pending[:safe], pending[safe:]
                     self.text += out
                     yield out
+                if guard is not None and guard.add(token):
+                    finish = "repetition"  # the same span again and again: end it, say so
+                    break
                 if len(self.tokens) < max_new and eng.n_cached < eng.n_ctx:
                     llm.eval([token])
             tail = pending + decoder.decode(b"", final=True)
@@ -785,6 +787,37 @@ class Generation:
         for _ in self:
             pass
         return self.text
+
+
+# DRY's sequence breakers, llama.cpp's defaults (common.h): a repeat never spans one of these.
+DRY_BREAKERS = ("\n", ":", '"', "*")
+
+
+def make_sampler(llm: Any, s: SamplingSettings, n_ctx: int) -> Any:
+    """llama.cpp's sampler chain for `s`, in common_sampler's order: penalties, DRY, then
+    greedy, or top-k, top-p, min-p, temperature and a seeded draw.
+
+    Built here rather than with Llama._init_sampler, which has no DRY stage.
+    The chain accepts each token it samples, so the penalties see the reply, not the prompt.
+    """
+    from llama_cpp._internals import LlamaSampler
+
+    chain = LlamaSampler()
+    if s.repeat_penalty != 1.0 or s.presence_penalty or s.frequency_penalty:
+        last_n = n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
+        chain.add_penalties(llm.n_vocab(), last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty)
+    if s.dry_multiplier > 0:
+        last_n = n_ctx if s.dry_last_n < 0 else s.dry_last_n
+        chain.add_dry(llm._model, s.dry_multiplier, s.dry_base, s.dry_allowed_length, last_n, list(DRY_BREAKERS))
+    if s.temperature <= 0:
+        chain.add_greedy()
+    else:
+        chain.add_top_k(s.top_k)
+        chain.add_top_p(s.top_p, 1)
+        chain.add_min_p(s.min_p, 1)
+        chain.add_temp(s.temperature)
+        chain.add_dist(s.seed)
+    return chain
 
 
 def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:

@@ -88,6 +88,8 @@ class ModelEntry:
     context_length: int | None = None
     chat: bool = True
     note: str = ""
+    sampling: Mapping[str, Any] = field(default_factory=dict)  # the authors' recommended SamplingSettings values
+    shape: Mapping[str, int | float] = field(default_factory=dict)  # architecture facts for fit estimates
 
     @property
     def source(self) -> Literal["hf", "pypi"]:
@@ -146,7 +148,13 @@ class ResolvedModel:
 # -- models.toml ----------------------------------------------------------------------------
 
 
-_ENTRY_KEYS = ("repo", "revision", "pypi", "files", "default_quant", "context_length", "chat", "note")
+_ENTRY_KEYS = (
+    "repo", "revision", "pypi", "files", "default_quant", "context_length", "chat", "note", "sampling", "shape",
+)  # fmt: skip
+# `shape`: what `models list` needs to plan a model whose GGUF header is not on this machine.
+SHAPE_KEYS = (
+    "params", "layers", "embd", "heads", "kv_heads", "head_dim", "ffn", "vocab", "sliding_window", "swa_period",
+)  # fmt: skip
 _FILE_KEYS = ("file", "sha256", "size")
 _PYPI_KEYS = ("packages", "members")
 
@@ -301,6 +309,10 @@ def _check_fields(doc: _Doc, name: str, raw: Any) -> dict[str, Any]:
         out["context_length"] = raw["context_length"]
     if "chat" in raw:
         out["chat"] = _expect(doc, (*path, "chat"), raw["chat"], bool, "true or false")
+    if "sampling" in raw:
+        out["sampling"] = _check_sampling(doc, (*path, "sampling"), raw["sampling"])
+    if "shape" in raw:
+        out["shape"] = _check_shape(doc, (*path, "shape"), raw["shape"])
     if "files" in raw:
         files = raw["files"]
         if not isinstance(files, dict) or not files:
@@ -327,6 +339,32 @@ def _check_fields(doc: _Doc, name: str, raw: Any) -> dict[str, Any]:
     return out
 
 
+def _check_sampling(doc: _Doc, path: tuple[str, ...], table: Any) -> dict[str, Any]:
+    from .config import SAMPLING_KEYS, check_sampling
+
+    if not isinstance(table, dict):
+        raise doc.error(path, f"must be a table, not {_type_name(table)}", "e.g. sampling = { temperature = 0.6 }")
+    _unknown(doc, path, table, SAMPLING_KEYS)
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        try:
+            out.update(check_sampling({key: value}, "sampling"))
+        except ConfigError as exc:
+            problem = exc.message.split(f"{key} = ", 1)[-1]
+            raise doc.error((*path, key), problem, "fix the value") from None
+    return out
+
+
+def _check_shape(doc: _Doc, path: tuple[str, ...], table: Any) -> dict[str, int | float]:
+    if not isinstance(table, dict):
+        raise doc.error(path, f"must be a table, not {_type_name(table)}", "e.g. shape = { params = 1.2e9, ... }")
+    _unknown(doc, path, table, SHAPE_KEYS)
+    for key, value in table.items():
+        if type(value) not in (int, float) or value <= 0:
+            raise doc.error((*path, key), f"must be a positive number, not {value!r}", "see config.json of the model")
+    return dict(table)
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """User keys onto a packaged entry; files merge by quant unless the user names a new source (then they replace)."""
     merged = {**base, **over}
@@ -338,6 +376,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
             merged.pop("default_quant", None)  # the old default belonged to the old source's files
     elif "files" in over:
         merged["files"] = {**base.get("files", {}), **over["files"]}
+    for table in ("sampling", "shape"):  # a user's `sampling = { temperature = 0.2 }` keeps the other keys
+        if table in over:
+            merged[table] = {**base.get(table, {}), **over[table]}
     return merged
 
 
@@ -376,6 +417,8 @@ def _build_entry(doc: _Doc, name: str, f: dict[str, Any]) -> ModelEntry:
         context_length=f.get("context_length"),
         chat=f.get("chat", True),
         note=f.get("note", ""),
+        sampling=f.get("sampling", {}),
+        shape=f.get("shape", {}),
     )
 
 
@@ -948,8 +991,14 @@ def _extract_members(wheels: list[Path], members: Sequence[str], part: Path, pro
 # -- listing --------------------------------------------------------------------------------
 
 
-def list_models(registry: Registry, paths: Paths) -> list[dict[str, Any]]:
-    """Rows for `edgechat models list` (and the TUI's model picker), default model first."""
+def list_models(registry: Registry, paths: Paths, fits: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rows for `edgechat models list` (and the TUI's model picker), default model first.
+
+    With `fits` (fit.fits_table) each row also says whether the model fits this machine:
+    fit (fits | tight | too big | unknown), fit_context (tokens), fit_estimated (planned
+    from models.toml's shape, not the GGUF header), fit_reason, download_bytes and
+    download_estimated.
+    """
     rows = []
     for name in sorted(registry.names(), key=lambda n: n != registry.default_name):
         entry = registry.entries[name]
@@ -972,6 +1021,13 @@ def list_models(registry: Registry, paths: Paths) -> list[dict[str, Any]]:
                 "chat": entry.chat,
                 "note": entry.note,
                 "default": name == registry.default_name,
+                "sampling": dict(entry.sampling),
             }
         )
+        f = (fits or {}).get(name)
+        if f is not None:
+            rows[-1].update(
+                fit=f.verdict, fit_context=f.context, fit_estimated=f.estimated, fit_reason=f.reason,
+                download_bytes=f.download_bytes, download_estimated=f.download_estimated,
+            )  # fmt: skip
     return rows

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -25,8 +25,10 @@ from . import compaction as compact
 from .config import (
     COMPACTION_POLICIES,
     KV_TYPES,
+    SAMPLING_KEYS,
     EngineSettings,
     SamplingSettings,
+    check_sampling,
     load_defaults,
     parse_gpu_layers,
     resolve_paths,
@@ -67,6 +69,7 @@ class TurnStats:
     decode_threads: int = 0  # CPU threads: chosen from the machine's load unless --threads pinned them
     prefill_threads: int = 0
     threads_auto: bool = True
+    sampling: dict[str, Any] = field(default_factory=dict)  # the effective SamplingSettings
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class GenerateResult:
     decode_threads: int = 0
     prefill_threads: int = 0
     threads_auto: bool = True
+    sampling: dict[str, Any] = field(default_factory=dict)  # the effective SamplingSettings
 
 
 def kv_label(settings: EngineSettings) -> str:
@@ -125,6 +129,7 @@ class Runtime:
         download: bool = True,
         lock_timeout_s: float | None = None,
         on_notice: Notice | None = None,
+        sampling: dict[str, Any] | None = None,
     ) -> None:
         self.paths = resolve_paths(home)
         self.defaults = load_defaults(self.paths)
@@ -156,6 +161,10 @@ class Runtime:
             lock_timeout_s if lock_timeout_s is not None else float(os.environ.get("EDGECHAT_LOCK_TIMEOUT", "30"))
         )
         self.on_notice: Notice = on_notice or (lambda _msg: None)
+        # Sampling given when the runtime was made (e.g. `chat --temperature 0`): beats config and conversations.
+        self.sampling_overrides = check_sampling(
+            {k: v for k, v in (sampling or {}).items() if v is not None}, "sampling"
+        )
         self.store = Store(self.paths.db_path)
         self.states = StateFiles(self.paths.states_dir)
         self.engine: Engine | None = None
@@ -283,10 +292,31 @@ class Runtime:
     ) -> GenerateStream:
         return GenerateStream(self, prompt, system, raw, sampling or self.sampling(), stop, stop_strings)
 
-    def sampling(self, **overrides: Any) -> SamplingSettings:
-        d = self.defaults
-        base = SamplingSettings(max_tokens=d.max_tokens, temperature=d.temperature, seed=d.seed)
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    def sampling(
+        self, *, model: str | None = None, conversation: dict[str, Any] | None = None, **overrides: Any
+    ) -> SamplingSettings:
+        """The effective sampling, each layer beating the one before: edgechat's defaults, the
+        model's recommended values (models.toml `sampling`), config.toml, the conversation's
+        own settings, the runtime's `sampling`, then `overrides` (CLI options, API arguments;
+        None means not given)."""
+        merged: dict[str, Any] = dict(self.recommended_sampling(model or self.model_spec))
+        merged.update(self.defaults.sampling)
+        merged.update({k: v for k, v in (conversation or {}).items() if k in SAMPLING_KEYS and v is not None})
+        merged.update(self.sampling_overrides)
+        merged.update(check_sampling({k: v for k, v in overrides.items() if v is not None}, "sampling"))
+        return replace(SamplingSettings(), **merged)
+
+    def recommended_sampling(self, spec: str) -> dict[str, Any]:
+        """A registry model's recommended sampling; {} for files and hub paths outside the registry."""
+        from .registry import Registry, parse_spec
+
+        try:
+            parsed = parse_spec(spec)
+            if parsed.kind != "registry":
+                return {}
+            return dict(Registry.load(self.paths).get(parsed.name).sampling)
+        except EdgechatError:
+            return {}  # an unknown name fails at load, with its own message
 
     # the caches -----------------------------------------------------------------------
 
@@ -509,8 +539,10 @@ class Conversation:
         temperature: float | None = None,
         seed: int | None = None,
         stop: threading.Event | None = None,
+        **sampling: Any,
     ) -> Reply:
-        turn = self.stream(text, max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop)
+        """One whole turn; `sampling` takes any other SamplingSettings field (repeat_penalty=1.2, loop_guard=False)."""
+        turn = self.stream(text, max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop, **sampling)
         for _ in turn:
             pass
         assert turn.reply is not None
@@ -524,18 +556,21 @@ class Conversation:
         temperature: float | None = None,
         seed: int | None = None,
         stop: threading.Event | None = None,
-        top_p: float | None = None,
         stop_strings: Sequence[str] = (),
+        **sampling: Any,
     ) -> TurnStream:
         """A turn to iterate; `stop_strings` end the reply where one appears (it is not stored)."""
-        settings = self.record.settings
-        sampling = self.runtime.sampling(
-            max_tokens=max_tokens if max_tokens is not None else settings.get("max_tokens"),
-            temperature=temperature if temperature is not None else settings.get("temperature"),
+        record = self.record
+        rt = self.runtime
+        settings = rt.sampling(
+            model=None if rt.explicit_model else record.model,
+            conversation=record.settings,
+            max_tokens=max_tokens,
+            temperature=temperature,
             seed=seed,
-            top_p=top_p,
+            **sampling,
         )
-        return TurnStream(self, text, sampling, stop, stop_strings)
+        return TurnStream(self, text, settings, stop, stop_strings)
 
 
 class TurnStream:
@@ -675,6 +710,7 @@ class TurnStream:
                 decode_threads=st.decode_threads if st else 0,
                 prefill_threads=st.prefill_threads if st else 0,
                 threads_auto=st.threads_auto if st else True,
+                sampling=asdict(self.sampling),
             ),
             notices=tuple(self.notices),
             compaction=result,
@@ -827,6 +863,7 @@ class GenerateStream:
                 decode_threads=st.decode_threads,
                 prefill_threads=st.prefill_threads,
                 threads_auto=st.threads_auto,
+                sampling=asdict(sampling),
             )
 
     def run(self) -> GenerateResult:

@@ -403,5 +403,9 @@ def test_models_info_reads_the_header_without_loading(tmp_path: Path):
     assert gemma["architecture"] == "gemma3" and gemma["sliding_window"] == 512 and not gemma["chat_template"]
     shown = run_cli("models", "info", str(fetch("smollm2-135m")), home=home)
     assert shown.returncode == 0 and "llama" in shown.stdout
+    # Not downloaded: the registry's facts (its recommended sampling too), and how to get the header.
     missing = run_cli("models", "info", "qwen3-1.7b", home=home)
-    assert missing.returncode != 0 and "not downloaded" in missing.stderr and "edgechat models pull" in missing.stderr
+    assert missing.returncode == 0 and "not downloaded" in missing.stderr and "edgechat models pull" in missing.stderr
+    assert "recommended_sampling" in missing.stdout
+    unknown = run_cli("models", "info", "no-such-model", home=home)
+    assert unknown.returncode != 0 and "unknown model" in unknown.stderr

@@ -578,6 +578,8 @@ class EdgechatApp(App[None]):
             subtitle = (
                 f"{st.completion_tokens} tok · {st.decode_tokens_per_s:.0f} tok/s" if not snapshot_mode() else None
             )
+            if st.finish_reason == "repetition":  # the loop guard ended it: say why the reply stops short
+                subtitle = "stopped: it kept repeating itself" + (f" · {subtitle}" if subtitle else "")
             await turn.view.finish(partial=stopped, cut=st.finish_reason == "length", subtitle=subtitle)
             self.last_reply = reply.text
         rt = self.runtime
@@ -802,11 +804,12 @@ class EdgechatApp(App[None]):
         if self.conversation_id is not None and record is None:
             return
         stored = record.settings if record else self._pending_settings
-        d = rt.defaults
+        # What the next reply would use: the model's recommended sampling, config.toml, then the conversation's.
+        d = rt.sampling(model=record.model if record and not rt.explicit_model else None, conversation=stored)
         values = SettingsValues(
             system_prompt=str(stored.get("system_prompt", rt.system_prompt) or ""),
-            temperature=float(stored.get("temperature", d.temperature)),
-            max_tokens=int(stored.get("max_tokens", d.max_tokens)),
+            temperature=d.temperature,
+            max_tokens=d.max_tokens,
             ctx=rt.ctx,
             kv_type=rt.type_k or "auto",
             gpu_layers=str(rt.gpu_layers if rt.gpu_layers is not None else "auto"),

@@ -14,8 +14,10 @@ from textual.suggester import Suggester
 from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar
 
 from ...errors import EdgechatError
+from ...fit import Fit, best_fit, fits_table
+from ...memory import MemorySnapshot
 from ...registry import Registry, list_models, pull
-from ..figures import model_label
+from ..figures import model_label, snapshot_mode
 
 if TYPE_CHECKING:
     from ...config import Paths
@@ -42,11 +44,17 @@ class PathSuggester(Suggester):
         return value + names[0][len(stem) :]
 
 
-NOTE_WIDTH = 34
+NOTE_WIDTH = 20  # what is left of an 80-column sheet after the fit, context and size columns
 
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _size(n: object, estimated: bool) -> str:
+    if not isinstance(n, int):
+        return ""
+    return ("~" if estimated else "") + (f"{n / 1e9:.1f}G" if n >= 1e9 else f"{n / 1e6:.0f}M")
 
 
 def _field(row: dict[str, Any], *names: str) -> str:
@@ -73,10 +81,16 @@ class ModelPicker(ModalScreen[str | None]):
             box.border_title = "Model"
             box.border_subtitle = f"now: {model_label(self.current)}" if self.current else ""
             table: DataTable[str] = DataTable(id="models", cursor_type="row", zebra_stripes=True)
-            for label, width in (("", 1), ("model", 14), ("quant", 6), ("ctx", 4), ("note", NOTE_WIDTH)):
+            for label, width in (
+                ("", 1), ("model", 14), ("quant", 6), ("fit", 7), ("ctx", 5), ("size", 7), ("note", NOTE_WIDTH),
+            ):  # fmt: skip
                 table.add_column(label, width=width)
             yield table
-            yield Label("✓ on this machine   ↓ downloaded when chosen", classes="hint legend")
+            yield Label(
+                "✓ here  ↓ downloaded when chosen  fit, ctx: for the free memory  ~ guess",
+                classes="hint legend",
+            )
+            yield Label("", id="suggestion", classes="hint")
             yield Label("…or a GGUF file on this machine:", classes="field-label")
             yield Input(placeholder="/path/to/model.gguf", id="path", suggester=PathSuggester(), compact=True)
             yield ProgressBar(id="progress", show_eta=False)
@@ -88,22 +102,38 @@ class ModelPicker(ModalScreen[str | None]):
 
     def on_mount(self) -> None:
         self.query_one("#progress").display = False
+        registry = None
+        fits: dict[str, Fit] = {}
         try:
-            self.rows = list_models(Registry.load(self.paths), self.paths)
+            registry = Registry.load(self.paths)
+            # Snapshot tests plan against a fixed 8 GiB machine: the verdicts must not follow the test box's RAM.
+            fixed = (
+                MemorySnapshot(ram_total=16 << 30, ram_available=8 << 30, process_rss=0) if snapshot_mode() else None
+            )
+            fits = fits_table(registry, self.paths, snapshot=fixed)
+            self.rows = list_models(registry, self.paths, fits)
         except EdgechatError as exc:
             self.notify(exc.hint, title=exc.message, severity="error")
+        best = best_fit(registry, fits) if registry is not None else None
+        line = self.query_one("#suggestion", Label)
+        line.display = best is not None
+        if best is not None and registry is not None:
+            line.update(f"suggested for this machine: {best}  ·  {registry.default_name} works offline now")
         self._fill()
 
     def _fill(self) -> None:
         table = self.query_one("#models", DataTable)
         table.clear()
         for row in self.rows:
-            ctx = row.get("context_length")
+            ctx = row.get("fit_context") or row.get("context_length")
+            size = row.get("download_bytes")
             table.add_row(
                 "✓" if row.get("downloaded") else "↓",
                 _field(row, "name"),
                 _field(row, "quant", "default_quant"),
+                _field(row, "fit"),
                 f"{int(ctx) // 1024}k" if isinstance(ctx, int) and ctx >= 1024 else str(ctx or ""),
+                _size(size, bool(row.get("download_estimated"))),
                 _clip(_field(row, "note"), NOTE_WIDTH),
                 key=_field(row, "name"),
             )
