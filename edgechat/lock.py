@@ -43,7 +43,7 @@ class ConversationLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if not told and self.on_wait is not None and self.timeout_s > 0.5:
+                if not told and self.on_wait is not None and self.timeout_s > 0:
                     told = True
                     self.on_wait(os.pread(fd, 32, 0).decode(errors="replace").strip() or "?")
                 if time.monotonic() >= deadline:
