@@ -61,7 +61,7 @@ def _popen_send(home: Path, model: Path, *args: str, env: dict | None = None, **
 
 
 def _wait_for_reply_row(db_path: Path, cid: str, timeout: float = 120) -> None:
-    """Until the streamed reply has reached the store (the first write comes with the first token)."""
+    """Until the reply now streaming has reached the store (the first write comes with the first token)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if db_path.exists():
@@ -69,7 +69,7 @@ def _wait_for_reply_row(db_path: Path, cid: str, timeout: float = 120) -> None:
                 rows = _rows(db_path, cid)
             except sqlite3.OperationalError:
                 rows = []
-            if rows and rows[-1]["role"] == "assistant" and rows[-1]["content"]:
+            if rows and rows[-1]["role"] == "assistant" and rows[-1]["in_progress"] and rows[-1]["content"]:
                 return
         time.sleep(0.1)
     raise AssertionError("the reply never reached the store")
