@@ -110,8 +110,10 @@ def test_crash_harness_kills_every_phase_and_loses_nothing(home, smollm2, tmp_pa
                 env={**os.environ, "EDGECHAT_HOME": str(home), "EDGECHAT_TEST_KILL_AT": f"{phase}:{delay}"},
                 capture_output=True, text=True, timeout=300,
             )  # fmt: skip
-            # A kill timed into the state save may come after the process has finished.
-            assert p.returncode == -signal.SIGKILL or (phase == "save" and p.returncode == 0), (phase, p.stderr)
+            # A kill timed into the state save may come after the process has finished, and a reply
+            # that ends at once (end-of-text first) never reaches a write of the streaming reply.
+            survived = p.returncode == 0 and (phase == "save" or (phase == "decode" and p.stdout.strip() == ""))
+            assert p.returncode == -signal.SIGKILL or survived, (phase, p.returncode, p.stderr)
             kills[phase] += p.returncode == -signal.SIGKILL
             assert _integrity(db_path) == "ok"
             rows = [r for r in _rows(db_path, cid) if r["kind"] == "message" and not r["replaced"]]
@@ -124,16 +126,18 @@ def test_crash_harness_kills_every_phase_and_loses_nothing(home, smollm2, tmp_pa
             assert users == expected_users, "every stored message exactly once, in order"
             assert [r["role"] for r in rows] == ["user", "assistant"] * len(expected_users), "roles alternate"
             last = rows[-1]
-            if users[-1] == text and delay == 0:  # killed before the turn could settle
+            if users[-1] == text and delay == 0 and not survived:  # killed before the turn could settle
                 assert last["partial"] and last["reason"] == "interrupted", (phase, dict(last))
             else:  # settled, or interrupted: never anything in between
                 assert (not last["partial"] and last["reason"] is None) or last["reason"] == "interrupted"
-            if phase == "decode":
+            if phase == "decode" and not survived:
                 assert last["content"], "the reply streamed before the kill is kept"
             # The next send succeeds, from the state file or the transcript (never from this
             # process's memory), and answers as a run that never saw a kill.
             rt._owner = None
             rt._ram.clear()
+            if i % 10 == 9:  # now and then without a state file: the transcript rebuilds the cache
+                rt.states.delete(cid)
             nxt_text = f"Reply {i}: thanks."
             history = conv.messages()
             want = control_engine.generate(
