@@ -431,9 +431,10 @@ def canonical_spec(spec: str) -> str:
 def chat_messages(system: str, summary: Message | None, active: Sequence[Message]) -> list[dict[str, str]]:
     """The context as the chat template sees it: one system message (with any summary), then the turns.
 
-    Consecutive messages of one role are merged: transcripts written before replies were stored
-    as they stream can hold a user message without its reply, and templates that require
-    alternating roles (Gemma, Mistral, Llama 2) refuse to render that.
+    An empty reply (stopped or killed before its first token) is left out, and the user
+    messages around it are merged: an empty assistant turn teaches the model to answer
+    nothing, and templates that require alternating roles (Gemma, Mistral, Llama 2) refuse
+    two user messages in a row (older transcripts hold such lone user messages too).
     """
     sys_text = system
     if summary is not None:
@@ -441,6 +442,8 @@ def chat_messages(system: str, summary: Message | None, active: Sequence[Message
         sys_text = f"{system}\n\n{note}" if system else note
     out = [{"role": "system", "content": sys_text}] if sys_text else []
     for m in active:
+        if m.role == "assistant" and not m.content:
+            continue
         if out and out[-1]["role"] == m.role and m.role == "user":
             out[-1] = {"role": m.role, "content": f"{out[-1]['content']}\n\n{m.content}"}
         else:

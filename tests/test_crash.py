@@ -27,6 +27,10 @@ from .conftest import GREEDY, run_cli
 
 LONG = "Write a very long story about a lighthouse keeper, with many chapters."
 PHASES = ("load", "stored", "restore", "prefill", "decode", "save", "commit")
+QUESTIONS = (
+    "What colour is the sky?", "Name a large animal.", "What is two plus two?", "Say hello in French.",
+    "Name a planet.", "What do bees make?", "Name a musical instrument.", "What is ice made of?",
+)  # fmt: skip
 
 
 def _rows(db_path: Path, cid: str) -> list[sqlite3.Row]:
@@ -79,10 +83,14 @@ def _wait_for_reply_row(db_path: Path, cid: str, timeout: float = 120) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_crash_harness_kills_every_phase_and_loses_nothing(home, smollm2, tmp_path):
     """30 turns on one conversation, each `send` killed (SIGKILL) in a different phase; after each
     kill the store is intact, every stored message is there once and in order, and the next send
-    answers exactly as a run that was never killed (greedy) does."""
+    answers exactly as a run that was never killed (greedy) does. (EDGECHAT_CRASH_TURNS=N runs N.)
+
+    The killed processes run one thread: on a busy 2-core box that is the faster choice, and
+    their replies are only checked for what was stored, not compared."""
     rng = random.Random(11)
     kills = Counter()
     stored_counts = Counter()
@@ -97,16 +105,16 @@ def test_crash_harness_kills_every_phase_and_loses_nothing(home, smollm2, tmp_pa
         expected_users.append("Name a fruit.")
         cid = conv.id
         control_engine = control.load()
-        for i in range(30):
+        for i in range(int(os.environ.get("EDGECHAT_CRASH_TURNS", "30"))):
             phase = PHASES[i % len(PHASES)]
             # A delay lands the kill inside the phase's work (a load, a restore, a prefill, a save).
             delay = {"load": rng.uniform(0, 0.3), "restore": rng.choice((0, rng.uniform(0, 0.01))),
                      "prefill": rng.uniform(0, 0.05), "decode": rng.choice((0, rng.uniform(0, 0.3))),
                      "save": rng.uniform(0, 0.01)}.get(phase, 0)  # fmt: skip
-            text = f"Turn {i}: name a colour and an animal."
+            text = f"Turn {i}: " + QUESTIONS[i % len(QUESTIONS)]
             p = subprocess.run(
                 [sys.executable, "-m", "edgechat", "send", text, "-c", cid, "-m", str(smollm2), "--ctx", "2048",
-                 "--kv-type", "f16", "--max-tokens", "12", *GREEDY],
+                 "--kv-type", "f16", "--max-tokens", "8", "--temperature", "0", "--seed", "0", "--threads", "1"],
                 env={**os.environ, "EDGECHAT_HOME": str(home), "EDGECHAT_TEST_KILL_AT": f"{phase}:{delay}"},
                 capture_output=True, text=True, timeout=300,
             )  # fmt: skip
