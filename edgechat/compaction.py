@@ -92,6 +92,8 @@ def summarize(
     """
     limit = summary_tokens(engine.n_ctx)
     prompt = [*history, {"role": "user", "content": SUMMARY_INSTRUCTION}]
+    if len(history) and history[-1]["role"] == "user":  # the last turn's reply was empty: keep roles alternating
+        prompt = [*history[:-1], {"role": "user", "content": f"{history[-1]['content']}\n\n{SUMMARY_INSTRUCTION}"}]
     tokens = engine.chat_tokens(prompt)
     if len(tokens) + limit > engine.n_ctx:
         # The old turns alone overflow the context: summarize a condensed copy instead.

@@ -461,7 +461,15 @@ def context_of(history: Sequence[Message]) -> tuple[Message | None, list[Message
 def turn_messages(system: str, history: Sequence[Message], text: str) -> list[dict[str, str]]:
     """The whole prompt of a turn that sends `text` after `history`, as the chat template sees it."""
     summary, active = context_of(history)
-    return [*chat_messages(system, summary, active), {"role": "user", "content": text}]
+    return with_user(chat_messages(system, summary, active), {"role": "user", "content": text})
+
+
+def with_user(chat: list[dict[str, str]], user: dict[str, str]) -> list[dict[str, str]]:
+    """`chat` followed by this turn's message, merged into a last user message that has no reply
+    (an empty one left the context), so roles always alternate."""
+    if chat and chat[-1]["role"] == "user":
+        return [*chat[:-1], {"role": "user", "content": f"{chat[-1]['content']}\n\n{user['content']}"}]
+    return [*chat, user]
 
 
 @contextlib.contextmanager
@@ -677,7 +685,7 @@ class TurnStream:
             context, replace_ids, self.text, store_user = _regenerate_target(history, self.text)
         summary, active = context_of(context)
         user = {"role": "user", "content": self.text}
-        chat = [*chat_messages(system, summary, active), user]
+        chat = with_user(chat_messages(system, summary, active), user)
         tokens = engine.chat_tokens(chat)
 
         # Room kept free for the reply when deciding to compact. A reply may run past it
@@ -829,7 +837,7 @@ class TurnStream:
             placeholder = Message(0, "", 0, "system", room, None, 0.0, kind="summary")
 
         def prompt_len(k: int) -> int:
-            return len(engine.chat_tokens([*chat_messages(system, placeholder or summary, active[k:]), user]))
+            return len(engine.chat_tokens(with_user(chat_messages(system, placeholder or summary, active[k:]), user)))
 
         return compact.choose_cut(active, prompt_len, reserve, engine.n_ctx)
 
@@ -860,9 +868,9 @@ class TurnStream:
             new_summary_text = compact.summarize(engine, older, self.sampling, stop=self.stop)
             ids = ids + ((summary.id,) if summary is not None else ())
             new_summary = Message(0, "", 0, "system", new_summary_text, None, time.time(), kind="summary")
-            chat = [*chat_messages(system, new_summary, active[k:]), user]
+            chat = with_user(chat_messages(system, new_summary, active[k:]), user)
         else:
-            chat = [*chat_messages(system, summary, active[k:]), user]
+            chat = with_user(chat_messages(system, summary, active[k:]), user)
         tokens = engine.chat_tokens(chat)
         if policy == "truncate":
             shifted = self._shift(engine, tokens)
