@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -41,7 +42,10 @@ KOpt = Annotated[str | None, typer.Option("--k-type", help="K cache type alone (
 VOpt = Annotated[str | None, typer.Option("--v-type", help="V cache type alone (overrides --kv-type).")]
 FaOpt = Annotated[str | None, typer.Option("--flash-attn", help="on, off or auto (on when the V cache is quantized).")]
 GpuOpt = Annotated[str | None, typer.Option("--gpu-layers", help="auto or a number of layers to offload (-1: all).")]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads, pinned (default: chosen per turn from the machine's load).")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", help="CPU threads, pinned (default: chosen per turn from the machine's load)."),
+]
 BudgetOpt = Annotated[
     int | None,
     typer.Option("--budget-mb", help="Memory the runtime may use, in MiB (default: a safe share of what is free)."),
@@ -156,7 +160,8 @@ def _guard(fn: Callable[[], None]) -> None:
         print("\ninterrupted", file=sys.stderr)
         raise typer.Exit(130) from None
     except BrokenPipeError:
-        os._exit(0)
+        _silence_stdout()
+        raise typer.Exit(141) from None  # like a process killed by SIGPIPE
 
 
 @app.callback()
@@ -199,26 +204,36 @@ def generate(
                 text = _read_stdin()
             if not text.strip():
                 raise EdgechatError("the prompt is empty", "give a prompt to complete")
-        with _runtime(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb) as rt:
+        from .shutdown import stop_on_signals
+
+        with (
+            _runtime(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb) as rt,
+            stop_on_signals(exit=False) as sig,
+        ):
             sampling = rt.sampling(
                 max_tokens=max_tokens, temperature=temperature, seed=seed, repeat_penalty=repeat_penalty,
                 dry_multiplier=dry_multiplier, loop_guard=loop_guard,
             )  # fmt: skip
             if batch is not None:
-                _run_batch(rt, batch, system, raw, sampling)
-                return
-            stream = rt.generate(text, system=system, raw=raw, sampling=sampling)
-            if json_out:
-                print(json.dumps(asdict(stream.run())))
+                _run_batch(rt, batch, system, raw, sampling, sig)
             else:
-                _stream_out(iter(stream))
-                _say_finish(stream.result.finish_reason if stream.result else "")
+                stream = rt.generate(text, system=system, raw=raw, sampling=sampling, stop=sig.event)
+                if json_out:
+                    print(json.dumps(asdict(stream.run())))
+                else:
+                    _stream_out(iter(stream))
+                    _say_finish(stream.result.finish_reason if stream.result else "")
+        if sig.signum is not None:
+            print(f"stopped by signal {sig.signum}", file=sys.stderr)
+            raise typer.Exit(sig.exit_code)
 
     _guard(body)
 
 
-def _run_batch(rt: Any, path: Path, system: str | None, raw: bool, sampling: Any) -> None:
-    """One JSON line out per prompt line in; a bad line gets its own {"error"} and the batch goes on."""
+def _run_batch(rt: Any, path: Path, system: str | None, raw: bool, sampling: Any, sig: Any) -> None:
+    """One JSON line out per prompt line in; a bad line gets its own {"error"} and the batch goes on.
+    A SIGTERM/SIGHUP ends the running completion (its line says finish_reason "cancelled") and
+    the batch; the lines already printed are complete."""
     try:
         lines = path.read_bytes().splitlines()
     except OSError as exc:
@@ -234,12 +249,15 @@ def _run_batch(rt: Any, path: Path, system: str | None, raw: bool, sampling: Any
                 system=item["system"],
                 raw=item["raw"],
                 sampling=_batch_sampling(path, n, item, sampling),
+                stop=sig.event,
             ).run()
             out = {"line": n, **({"id": item["id"]} if "id" in item else {}), **asdict(result)}
         except EdgechatError as exc:
             failed += 1
             out = {"line": n, "error": str(exc)}
         print(json.dumps(out), flush=True)
+        if sig.signum is not None:
+            return
     if failed:
         print(f'error: {failed} of the prompts failed (see their "error" lines)', file=sys.stderr)
         raise typer.Exit(1)
@@ -295,43 +313,61 @@ def _is_int(v: Any) -> bool:
 
 @app.command()
 def send(
-    message: Annotated[str, typer.Argument(help="The message ('-' reads it from stdin).")],
+    message: Annotated[
+        str | None, typer.Argument(help="The message ('-' reads it from stdin; with --regenerate: the edited last message).")
+    ] = None,
     new: Annotated[bool, typer.Option("--new", help="Start a new conversation.")] = False,
     conversation: Annotated[str | None, typer.Option("--conversation", "-c", help="Continue conversation ID.")] = None,
     cont: Annotated[bool, typer.Option("--continue", help="Continue the most recent conversation.")] = False,
-    system: Annotated[str | None, typer.Option("--system", help="System prompt for a new conversation.")] = None,
+    regenerate: Annotated[
+        bool, typer.Option("--regenerate", help="Answer the last message again (the old reply stays stored, marked replaced).")
+    ] = False,
+    system: Annotated[
+        str | None, typer.Option("--system", help="System prompt (with -c/--continue: changes the conversation's).")
+    ] = None,
     model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
     compaction: CompactOpt = None, max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None,
     json_out: JsonOpt = False, repeat_penalty: RepeatOpt = None, dry_multiplier: DryOpt = None,
     loop_guard: LoopGuardOpt = None,
 ) -> None:  # fmt: skip
-    """One turn of a saved conversation (new, by id, or the latest)."""
+    """One turn of a saved conversation (new, by id, or the latest).
+
+    The message is stored before the model starts and the reply as it streams: Ctrl-C, SIGTERM,
+    SIGHUP, a closed pipe, even a killed process keep both (the reply marked partial).
+    """
 
     def body() -> None:
+        from .shutdown import stop_on_signals
+
         if sum([new, conversation is not None, cont]) != 1:
             raise EdgechatError("say which conversation", "use exactly one of --new, -c ID or --continue")
-        text = _read_stdin() if message == "-" else message
-        with _runtime(
-            model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction
-        ) as rt:
+        if regenerate and new:
+            raise EdgechatError("--regenerate needs a conversation with a reply", "use it with -c ID or --continue")
+        if message is None and not regenerate:
+            raise EdgechatError("no message given", 'pass it as an argument, or "-" to read it from stdin')
+        text = (_read_stdin() if message == "-" else message) or ""
+        with (
+            _runtime(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction) as rt,
+            stop_on_signals(exit=False) as sig,
+        ):
             if new:
-                conv = rt.new_conversation(system_prompt=system, model=model)
-            elif conversation is not None:
-                conv = rt.conversation(conversation)
+                conv = rt.new_conversation(system_prompt=system, model=model, deferred=True)
             else:
-                conv = rt.latest()
+                conv = rt.conversation(conversation) if conversation is not None else rt.latest()
                 if conv is None:
                     raise EdgechatError(
                         "there is no conversation to continue", "start one with: edgechat send --new MESSAGE"
                     )
-            turn = conv.stream(
-                text, max_tokens=max_tokens, temperature=temperature, seed=seed, repeat_penalty=repeat_penalty,
-                dry_multiplier=dry_multiplier, loop_guard=loop_guard,
+                if system is not None:
+                    conv.set_system_prompt(system)
+            options: dict[str, Any] = dict(
+                max_tokens=max_tokens, temperature=temperature, seed=seed, stop=sig.event,
+                repeat_penalty=repeat_penalty, dry_multiplier=dry_multiplier, loop_guard=loop_guard,
             )  # fmt: skip
+            turn = conv.regenerate(text, **options) if regenerate else conv.stream(text, **options)
             if json_out:
-                for _ in turn:
-                    pass
+                turn.run()
                 print(json.dumps(turn.reply.to_json()))
             else:
                 try:
@@ -339,6 +375,12 @@ def send(
                 except KeyboardInterrupt:
                     turn.close()  # stores the partial reply before we exit
                     raise
+                except BrokenPipeError:
+                    # `send ... | head`: the reader left. Keep the turn (partial), then fail like SIGPIPE.
+                    _silence_stdout()
+                    turn.close("interrupted")
+                    print("error: the output was closed; the reply is stored as partial", file=sys.stderr)
+                    raise typer.Exit(141) from None
                 st = turn.reply.stats
                 print(
                     f"[{st.conversation_id} · {st.restored_from} · ttft {st.ttft_s:.2f}s · "
@@ -347,8 +389,19 @@ def send(
                     file=sys.stderr,
                 )
                 _say_finish(st.finish_reason)
+        if sig.signum is not None:
+            print(f"stopped by signal {sig.signum}; the reply is stored as partial", file=sys.stderr)
+            raise typer.Exit(sig.exit_code)
 
     _guard(body)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null, so the exit's flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 # chat -----------------------------------------------------------------------------------
@@ -386,7 +439,9 @@ def chat(
                 suggest_in_background(rt.paths, budget_mb, notice)
             return rt
 
-        run_app(make, conversation=conversation, cont=cont)
+        code = run_app(make, conversation=conversation, cont=cont)
+        if code:
+            raise typer.Exit(code)
 
     _guard(body)
 
@@ -483,9 +538,12 @@ def conversations_show(conversation_id: str, json_out: JsonOpt = False) -> None:
         for m in msgs:
             tags = [
                 t
-                for t, on in (("summary", m.kind == "summary"), ("compacted", m.compacted), ("stopped", m.partial))
+                for t, on in (
+                    ("summary", m.kind == "summary"), ("compacted", m.compacted), ("replaced", m.replaced),
+                    (m.reason or "stopped", m.partial),
+                )
                 if on
-            ]
+            ]  # fmt: skip
             print(f"\n[{m.role}{' · ' + ', '.join(tags) if tags else ''}]\n{m.content}")
 
     _guard(body)

@@ -6,13 +6,14 @@ stored as a message of its own. These functions decide and produce; session.py p
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .config import SamplingSettings
 from .engine import Engine
-from .errors import BudgetError
+from .errors import BudgetError, Cancelled
 from .store import Message
 
 # Compact down to this share of the context so the next few turns fit without compacting again.
@@ -111,20 +112,27 @@ def summarize(
     engine: Engine,
     history: list[dict[str, str]],
     sampling: SamplingSettings,
+    stop: threading.Event | None = None,
 ) -> str:
     """Ask the model itself for a summary of `history` (system + the turns to compact).
+
+    `stop` ends it like a reply (Cancelled): a summary cut short is not a summary.
 
     The prompt starts with the same rendered turns that are already in the KV cache, so
     llama.cpp's prefix reuse means only the instruction is prefilled, not the history.
     """
     limit = summary_tokens(engine.n_ctx)
     prompt = [*history, {"role": "user", "content": SUMMARY_INSTRUCTION}]
+    if len(history) and history[-1]["role"] == "user":  # the last turn's reply was empty: keep roles alternating
+        prompt = [*history[:-1], {"role": "user", "content": f"{history[-1]['content']}\n\n{SUMMARY_INSTRUCTION}"}]
     tokens = engine.chat_tokens(prompt)
     if len(tokens) + limit > engine.n_ctx:
         # The old turns alone overflow the context: summarize a condensed copy instead.
         tokens = engine.chat_tokens(_condensed(history, engine, engine.n_ctx - limit - 64))
-    gen = engine.generate(tokens, SamplingSettings(max_tokens=limit, temperature=0.0, seed=sampling.seed))
+    gen = engine.generate(tokens, SamplingSettings(max_tokens=limit, temperature=0.0, seed=sampling.seed), stop=stop)
     text = gen.run().strip()
+    if gen.stats is not None and gen.stats.finish_reason == "cancelled":
+        raise Cancelled("stopped during the summary")
     return text or "(earlier turns omitted)"
 
 

@@ -264,6 +264,17 @@ _STRINGS = ("model", "system_prompt", "kv_type", "compaction", "theme")
 _POSITIVE = ("ctx", "threads", "budget_mb", "max_tokens")
 
 
+def _toml_value(v: Any) -> str:
+    """A value as config.toml spells it, for error messages."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    import json
+
+    return json.dumps(v, ensure_ascii=False)
+
+
 def _bad_value(key: str, value: Any) -> str:
     """Why `value` cannot be defaults.`key` ("" when it can): TOML types are checked here, not on use."""
     is_int = isinstance(value, int) and not isinstance(value, bool)
@@ -296,30 +307,51 @@ def parse_gpu_layers(value: str | int | None) -> str | int:
 
 
 def save_default(paths: Paths, key: str, value: Any) -> None:
-    """Write one default back to config.toml, keeping the others; None removes it (TOML has no null)."""
+    """Write one default into config.toml in place; None removes it (TOML has no null).
+
+    The file is the user's: it is edited with tomlkit, so comments, formatting and any other
+    table survive, and replaced atomically (a crash leaves the old file or the new one).
+    """
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
     path = paths.user_config
-    data: dict[str, Any] = {}
-    if path.exists():
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    section = data.setdefault("defaults", {})
+    try:
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        doc = tomlkit.parse(text)
+    except (TOMLKitError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}", "fix the syntax or delete the file, then save again") from exc
+    section = doc.get("defaults")
+    if section is None:
+        section = tomlkit.table()
+        doc["defaults"] = section
+    elif not isinstance(section, dict):
+        raise ConfigError(f"{path}: [defaults] must be a table", "see the README for the format")
     if value is None:
-        section.pop(key, None)
+        if key in section:
+            del section[key]
     else:
         section[key] = value
-    lines = ["[defaults]"]
-    for k, v in data["defaults"].items():
-        lines.append(f"{k} = {_toml_value(v)}")
+    _write_atomic(path, tomlkit.dumps(doc))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace a file the user may also edit: a unique temporary file, fsync, rename; its mode is kept."""
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    import json
-
-    return json.dumps(str(v))
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        except FileNotFoundError:
+            os.chmod(tmp, 0o600)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -23,7 +23,11 @@ def to_markdown(rec: ConversationRecord, messages: Sequence[Message]) -> str:
         lines += ["## System", "", str(rec.settings["system_prompt"]), ""]
     for m in messages:
         heading = "Summary of earlier turns" if m.kind == "summary" else m.role.capitalize()
-        tags = [t for t, on in (("compacted", m.compacted), ("stopped", m.partial)) if on]
+        tags = [
+            t
+            for t, on in (("compacted", m.compacted), ("replaced", m.replaced), (m.reason or "stopped", m.partial))
+            if on
+        ]
         lines += [f"## {heading}{' (' + ', '.join(tags) + ')' if tags else ''}", "", m.content, ""]
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -21,10 +22,13 @@ except ImportError:  # pragma: no cover - Windows: no cross-process lock, single
 
 
 class ConversationLock:
-    def __init__(self, directory: Path, cid: str, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, directory: Path, cid: str, timeout_s: float = 30.0, on_wait: Callable[[str], None] | None = None
+    ) -> None:
         self.path = directory / f"{cid}.lock"
         self.cid = cid
         self.timeout_s = timeout_s
+        self.on_wait = on_wait  # told the holder's pid once, when the lock is found taken
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -34,11 +38,15 @@ class ConversationLock:
             self._fd = fd
             return
         deadline = time.monotonic() + self.timeout_s
+        told = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not told and self.on_wait is not None and self.timeout_s > 0:
+                    told = True
+                    self.on_wait(os.pread(fd, 32, 0).decode(errors="replace").strip() or "?")
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
                     os.close(fd)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from . import compaction as compact
+from . import testhooks
 from .config import (
     COMPACTION_POLICIES,
     KV_TYPES,
@@ -34,9 +35,10 @@ from .config import (
     resolve_paths,
 )
 from .engine import Checkpoint, Engine, Generation, Rewind, llama_build
-from .errors import BudgetError, Cancelled, ConfigError, EdgechatError, StateError
+from .errors import BudgetError, BusyError, Cancelled, ConfigError, EdgechatError, StateError
 from .gguf_info import GGUFInfo, read_gguf
 from .lock import ConversationLock
+from .shutdown import StopEvent  # noqa: F401 - part of the API: a stop flag with a reason
 from .state import StateFiles, model_fingerprint
 from .store import ConversationRecord, Message, NewMessage, Store
 
@@ -44,6 +46,10 @@ Notice = Callable[[str], None]
 RAM_CACHE_BYTES = 512 << 20
 # Free RAM below this share of the total makes the runtime drop its in-RAM state cache.
 LOW_MEMORY_SHARE = 0.10
+# A streaming reply is written to the store this often (whichever comes first), so a process
+# that dies loses at most this much of it (scripts/bench_stream_writes.py: the cost to decode).
+STREAM_WRITE_S = 0.5
+STREAM_WRITE_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,7 @@ class Runtime:
         self.paths = resolve_paths(home)
         self.defaults = load_defaults(self.paths)
         d = self.defaults
-        self.model_spec = model or d.model or _registry_default(self.paths)
+        self.model_spec = canonical_spec(model or d.model or _registry_default(self.paths))
         # What new conversations start with; a turn of an older conversation may load its
         # own model (model_spec follows the loaded one), but that does not change this.
         self.default_model = self.model_spec
@@ -175,6 +181,7 @@ class Runtime:
         self._ram: OrderedDict[str, _RamState] = OrderedDict()
         self._ram_limit = RAM_CACHE_BYTES
         self._turn_lock = threading.RLock()
+        self._streaming: object | None = None  # the turn or generation now holding the live cache
 
     # lifecycle ------------------------------------------------------------------------
 
@@ -198,7 +205,7 @@ class Runtime:
         """
         from .registry import resolve_model
 
-        spec = model or self.model_spec
+        spec = canonical_spec(model) if model else self.model_spec
         if self.engine is not None and spec in (self.model_spec, self.model_name):
             return self.engine
         resolved = resolve_model(spec, self.paths, download=self.download)
@@ -249,13 +256,25 @@ class Runtime:
     # conversations --------------------------------------------------------------------
 
     def new_conversation(
-        self, title: str = "", *, system_prompt: str | None = None, model: str | None = None
+        self,
+        title: str = "",
+        *,
+        system_prompt: str | None = None,
+        model: str | None = None,
+        settings: dict[str, Any] | None = None,
+        deferred: bool = False,
     ) -> Conversation:
-        settings = {
+        """A new conversation. `deferred`: its row is created with its first stored turn, so a
+        first turn that fails (a bad model, a message too long) leaves nothing behind."""
+        values = {
             "system_prompt": self.system_prompt if system_prompt is None else system_prompt,
             "compaction": self.compaction,
+            **(settings or {}),
         }
-        record = self.store.create_conversation(model or self.default_model, settings, title)
+        spec = canonical_spec(model) if model else self.default_model
+        if deferred:
+            return Conversation(self, self.store.new_id(), pending=(spec, values, title))
+        record = self.store.create_conversation(spec, values, title)
         return Conversation(self, record.id)
 
     def conversation(self, cid: str) -> Conversation:
@@ -506,30 +525,136 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def canonical_spec(spec: str) -> str:
+    """A model spec as it is stored: a local path made absolute (so the conversation continues
+    from any directory, with the same file), anything else (registry name, hub file) as given."""
+    from .registry import parse_spec
+
+    try:
+        parsed = parse_spec(spec)
+    except EdgechatError:
+        return spec  # resolve_model reports it when the model is loaded
+    if parsed.kind != "path" or parsed.path is None:
+        return spec
+    try:
+        return str(parsed.path.expanduser().resolve())
+    except (OSError, RuntimeError):
+        return spec
+
+
 def chat_messages(system: str, summary: Message | None, active: Sequence[Message]) -> list[dict[str, str]]:
-    """The context as the chat template sees it: one system message (with any summary), then the turns."""
+    """The context as the chat template sees it: one system message (with any summary), then the turns.
+
+    An empty reply (stopped or killed before its first token) is left out, and the user
+    messages around it are merged: an empty assistant turn teaches the model to answer
+    nothing, and templates that require alternating roles (Gemma, Mistral, Llama 2) refuse
+    two user messages in a row (older transcripts hold such lone user messages too).
+    """
     sys_text = system
     if summary is not None:
         note = f"Summary of the earlier conversation: {summary.content}"
         sys_text = f"{system}\n\n{note}" if system else note
     out = [{"role": "system", "content": sys_text}] if sys_text else []
-    out += [{"role": m.role, "content": m.content} for m in active]
+    for m in active:
+        if m.role == "assistant" and not m.content:
+            continue
+        if out and out[-1]["role"] == m.role and m.role == "user":
+            out[-1] = {"role": m.role, "content": f"{out[-1]['content']}\n\n{m.content}"}
+        else:
+            out.append({"role": m.role, "content": m.content})
     return out
 
 
-class Conversation:
-    """A handle on one stored conversation; `send` runs a whole turn."""
+def context_of(history: Sequence[Message]) -> tuple[Message | None, list[Message]]:
+    """The latest summary and the turns still in the context (not compacted, not replaced)."""
+    live = [m for m in history if not m.compacted and not m.replaced]
+    summaries = [m for m in live if m.kind == "summary"]
+    return (summaries[-1] if summaries else None), [m for m in live if m.kind == "message"]
 
-    def __init__(self, runtime: Runtime, cid: str) -> None:
+
+def turn_messages(system: str, history: Sequence[Message], text: str) -> list[dict[str, str]]:
+    """The whole prompt of a turn that sends `text` after `history`, as the chat template sees it."""
+    summary, active = context_of(history)
+    return with_user(chat_messages(system, summary, active), {"role": "user", "content": text})
+
+
+def with_user(chat: list[dict[str, str]], user: dict[str, str]) -> list[dict[str, str]]:
+    """`chat` followed by this turn's message, merged into a last user message that has no reply
+    (an empty one left the context), so roles always alternate."""
+    if chat and chat[-1]["role"] == "user":
+        return [*chat[:-1], {"role": "user", "content": f"{chat[-1]['content']}\n\n{user['content']}"}]
+    return [*chat, user]
+
+
+@contextlib.contextmanager
+def _exclusive(rt: Runtime, stream: object) -> Iterator[None]:
+    """Inside `rt._turn_lock`: one turn or generation at a time, even from one thread.
+
+    The lock is reentrant and held across `yield`, so a second stream driven from the same
+    thread (asyncio, interleaved generators) would get in and run on the first one's cache,
+    and store a reply mixed from two conversations. Refuse it instead.
+    """
+    if rt._streaming is not None:
+        raise BusyError(
+            "another reply of this runtime is still streaming (a suspended stream in this thread)",
+            "finish that stream, or close() it, before starting another",
+        )
+    rt._streaming = stream
+    try:
+        yield
+    finally:
+        rt._streaming = None
+
+
+def _regenerate_target(history: list[Message], edited: str) -> tuple[list[Message], tuple[int, ...], str, bool]:
+    """What a regenerate answers: (the history it is answered after, the ids it replaces, the
+    message text, whether that text is a new message to store).
+
+    Without `edited` the last message is answered again and its reply replaced; with it the
+    last message is replaced too, by the edited one.
+    """
+    live = [m for m in history if m.kind == "message" and not m.replaced]
+    if not live or live[-1].compacted:
+        raise EdgechatError("there is no message to answer again", "send a message first")
+    reply = live[-1] if live[-1].role == "assistant" else None
+    users = [m for m in live if m.role == "user" and (reply is None or m.seq < reply.seq)]
+    if not users or users[-1].compacted:
+        raise EdgechatError("there is no message to answer again", "send a message first")
+    user = users[-1]
+    gone = {user.id} | ({reply.id} if reply is not None else set())
+    context = [m for m in history if m.id not in gone]
+    if edited.strip():
+        return context, tuple(sorted(gone)), edited, True
+    return context, ((reply.id,) if reply is not None else ()), user.content, False
+
+
+class Conversation:
+    """A handle on one stored conversation; `send` runs a whole turn, `regenerate` redoes the last."""
+
+    def __init__(self, runtime: Runtime, cid: str, *, pending: tuple[str, dict[str, Any], str] | None = None) -> None:
         self.runtime = runtime
         self.id = cid
+        self._pending = pending  # (model, settings, title) until the first turn stores the row
 
     @property
     def record(self) -> ConversationRecord:
+        if self._pending is not None:
+            model, settings, title = self._pending
+            now = time.time()
+            return ConversationRecord(self.id, title or "New conversation", model, settings, now, now)
         return self.runtime.store.conversation(self.id)
 
     def messages(self) -> list[Message]:
-        return self.runtime.store.messages(self.id)
+        return [] if self._pending is not None else self.runtime.store.messages(self.id)
+
+    def set_system_prompt(self, text: str) -> None:
+        """Change the system prompt from the next turn on (the KV cache re-prefills from where it differs)."""
+        if self._pending is not None:
+            model, settings, title = self._pending
+            self._pending = (model, {**settings, "system_prompt": text}, title)
+            return
+        record = self.record
+        self.runtime.store.update(self.id, settings={**record.settings, "system_prompt": text})
 
     def send(
         self,
@@ -542,11 +667,7 @@ class Conversation:
         **sampling: Any,
     ) -> Reply:
         """One whole turn; `sampling` takes any other SamplingSettings field (repeat_penalty=1.2, loop_guard=False)."""
-        turn = self.stream(text, max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop, **sampling)
-        for _ in turn:
-            pass
-        assert turn.reply is not None
-        return turn.reply
+        return self.stream(text, max_tokens=max_tokens, temperature=temperature, seed=seed, stop=stop, **sampling).run()
 
     def stream(
         self,
@@ -560,9 +681,35 @@ class Conversation:
         **sampling: Any,
     ) -> TurnStream:
         """A turn to iterate; `stop_strings` end the reply where one appears (it is not stored)."""
+        settings = self._sampling(max_tokens, temperature, seed, sampling)
+        return TurnStream(self, text, settings, stop, stop_strings)
+
+    def regenerate(
+        self,
+        text: str | None = None,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+        stop: threading.Event | None = None,
+        **sampling: Any,
+    ) -> TurnStream:
+        """Answer the last message again: its reply is kept in the store, marked replaced, and
+        leaves the context. With `text`, the last message is edited first (the old one is kept,
+        marked replaced, like its reply). Iterate the stream, or call `.run()`, for the Reply.
+
+        A greedy regenerate (temperature 0, the same seed) gives the same reply again; raise
+        the temperature or change the seed for another one.
+        """
+        settings = self._sampling(max_tokens, temperature, seed, sampling)
+        return TurnStream(self, text or "", settings, stop, regenerate=True)
+
+    def _sampling(
+        self, max_tokens: int | None, temperature: float | None, seed: int | None, sampling: dict[str, Any]
+    ) -> SamplingSettings:
         record = self.record
         rt = self.runtime
-        settings = rt.sampling(
+        return rt.sampling(
             model=None if rt.explicit_model else record.model,
             conversation=record.settings,
             max_tokens=max_tokens,
@@ -570,14 +717,18 @@ class Conversation:
             seed=seed,
             **sampling,
         )
-        return TurnStream(self, text, settings, stop, stop_strings)
 
 
 class TurnStream:
     """Iterate for the reply's text pieces; `reply` holds the stored result afterwards.
 
-    Events for a UI arrive through `on_event(kind, data)`: "restored", "compacted",
-    "prefilled".
+    Events for a UI arrive through `on_event(kind, data)`: "stored" (the message is committed),
+    "restored", "compacted", "prefilled".
+
+    Durability: the user's message is committed (with an empty reply marked "interrupted")
+    before any model work, the reply is written every STREAM_WRITE_S / STREAM_WRITE_TOKENS
+    while it streams, and the end of the turn settles it. A process that dies at any point
+    leaves its message and the reply up to the last write, marked partial ("interrupted").
     """
 
     def __init__(
@@ -587,6 +738,8 @@ class TurnStream:
         sampling: SamplingSettings,
         stop: threading.Event | None,
         stop_strings: Sequence[str] = (),
+        *,
+        regenerate: bool = False,
     ) -> None:
         self.conv = conv
         self.text = text
@@ -594,110 +747,193 @@ class TurnStream:
         self.stop = stop
         self.stop_strings = tuple(stop_strings)
         self.prompt_tokens = 0  # the whole prompt of this turn (what OpenAI's usage calls prompt_tokens)
+        self.regenerate = regenerate
         self.reply: Reply | None = None
         self.notices: list[str] = []
         self.on_event: Callable[[str, Any], None] = lambda _k, _d: None
+        self.stored = False  # the message is in the store (and will stay there, whatever happens next)
+        self.writes = 0  # store writes of the streaming reply, and the seconds they took
+        self.write_s = 0.0
         self._gen: Generator[str, None, None] | None = None
+        self._close_reason = "stopped"
 
     def __iter__(self) -> Iterator[str]:
         if self._gen is None:
             self._gen = self._run()
         return self._gen
 
-    def close(self) -> None:
-        """Abandon the turn (e.g. on Ctrl-C in the caller): what was generated is stored as partial."""
+    def run(self) -> Reply:
+        """Run the turn to its end; the Reply (a stopped one too)."""
+        for _ in self:
+            pass
+        assert self.reply is not None
+        return self.reply
+
+    def close(self, reason: str = "stopped") -> None:
+        """Abandon the turn (e.g. on Ctrl-C in the caller): what was generated is stored as partial,
+        with `reason` ("stopped", or "interrupted" when the output went away)."""
+        self._close_reason = reason
         if self._gen is not None:
             self._gen.close()
 
     def _run(self) -> Generator[str, None, None]:
-        if not self.text.strip():
+        if not self.regenerate and not self.text.strip():
             raise EdgechatError("the message is empty", "type something to send")
         rt = self.conv.runtime
         cid = self.conv.id
-        outer_notice = rt.on_notice
+        with rt._turn_lock, _exclusive(rt, self):
+            outer_notice = rt.on_notice
 
-        def notice(msg: str) -> None:
-            self.notices.append(msg)
-            outer_notice(msg)
+            def notice(msg: str) -> None:
+                self.notices.append(msg)
+                outer_notice(msg)
 
-        rt.on_notice = notice
-        try:
-            with rt._turn_lock, ConversationLock(rt.paths.data_dir / "locks", cid, rt.lock_timeout_s):
-                yield from self._turn(rt, cid)
-        finally:
-            rt.on_notice = outer_notice
+            def waiting(pid: str) -> None:
+                notice(f"waiting for pid {pid}, which is answering in conversation {cid}")
+
+            rt.on_notice = notice  # swapped under the lock, so a concurrent turn cannot leave it stale
+            try:
+                with ConversationLock(rt.paths.data_dir / "locks", cid, rt.lock_timeout_s, on_wait=waiting):
+                    yield from self._turn(rt, cid)
+            finally:
+                rt.on_notice = outer_notice
 
     def _turn(self, rt: Runtime, cid: str) -> Iterator[str]:
-        record = rt.store.conversation(cid)
+        testhooks.kill_point("load")
+        conv = self.conv
+        record = conv.record
         engine = rt.load(None if rt.explicit_model else record.model, conversation=cid)
-        if record.model != rt.model_spec:
+        if conv._pending is None and record.model != rt.model_spec:
             rt.store.update(cid, model=rt.model_spec)
         rt.check_memory()
         t0 = time.perf_counter()
-        history = rt.store.messages(cid)
-        active = [m for m in history if not m.compacted and m.kind == "message"]
-        summaries = [m for m in history if not m.compacted and m.kind == "summary"]
-        summary = summaries[-1] if summaries else None
+        history = conv.messages()
         system = str(record.settings.get("system_prompt") or "")
+        replace_ids: tuple[int, ...] = ()
+        store_user = True
+        context = history
+        if self.regenerate:
+            context, replace_ids, self.text, store_user = _regenerate_target(history, self.text)
+        summary, active = context_of(context)
         user = {"role": "user", "content": self.text}
-        chat = [*chat_messages(system, summary, active), user]
+        chat = with_user(chat_messages(system, summary, active), user)
         tokens = engine.chat_tokens(chat)
 
-        source = rt._restore(cid, engine, tokens, has_history=bool(history))
-        restore_s = time.perf_counter() - t0
-        self.on_event("restored", {"source": source, "seconds": restore_s})
-
-        result: compact.Compaction | None = None
         # Room kept free for the reply when deciding to compact. A reply may run past it
         # (up to max_tokens, while the context lasts): the next turn compacts then.
         reserve = min(self.sampling.max_tokens, max(16, engine.n_ctx // 4))
+        cut: tuple[str, int] | None = None
         if len(tokens) + reserve > engine.n_ctx:
+            # Decided before the message is stored: a message that cannot fit is refused whole.
             policy = rt.explicit_compaction or str(record.settings.get("compaction") or rt.compaction)
-            result, chat, tokens = self._compact(
-                rt, engine, policy, system, summary, active, user, reserve, len(tokens)
-            )
-            self.on_event("compacted", result)
+            cut = (policy, self._plan_cut(engine, policy, system, summary, active, user, reserve, len(tokens)))
 
-        t_gen = time.perf_counter()  # ttft_s covers restore and compaction too
-        self.prompt_tokens = len(tokens)
-        points = checkpoint_points(engine, chat, tokens)
-        gen: Generation = engine.generate(
-            tokens, self.sampling, stop=self.stop, stop_strings=self.stop_strings, checkpoint_at=points
+        # The message first: committed before restore and prefill, with an empty reply row.
+        title = None
+        if record.title == "New conversation" and store_user:
+            title = self.text.strip().splitlines()[0][:60]
+        create = None
+        if conv._pending is not None:
+            create = (rt.model_spec, conv._pending[1], conv._pending[2])
+        rows = rt.store.begin_turn(
+            cid,
+            NewMessage("user", self.text, tokens=engine.count_tokens(self.text)) if store_user else None,
+            replace_ids=replace_ids,
+            create=create,
+            title=title,
         )
-        interrupted: BaseException | None = None
+        conv._pending = None
+        self.stored = True
+        self.on_event("stored", {"reply_id": rows.reply_id})
+        testhooks.kill_point("stored")
+
+        text, n_tokens, reason = "", 0, "stopped"
+        result: compact.Compaction | None = None
+        gen: Generation | None = None
+        source = "new"
+        restore_s = 0.0
+        t_gen = t0
+        failure: BaseException | None = None
         try:
-            yield from gen
+            testhooks.kill_point("restore")
+            source = rt._restore(cid, engine, tokens, has_history=bool(history))
+            restore_s = time.perf_counter() - t0
+            self.on_event("restored", {"source": source, "seconds": restore_s})
+            if cut is not None:
+                result, chat, tokens = self._compact(rt, engine, cut, system, summary, active, user, len(tokens))
+                self.on_event("compacted", result)
+            t_gen = time.perf_counter()  # ttft_s covers restore and compaction too
+            self.prompt_tokens = len(tokens)
+            points = checkpoint_points(engine, chat, tokens)
+            gen = engine.generate(
+                tokens, self.sampling, stop=self.stop, stop_strings=self.stop_strings, checkpoint_at=points
+            )
+            testhooks.kill_point("prefill")
+            last_write, written = time.perf_counter(), 0
+            for piece in gen:
+                yield piece
+                n = len(gen.tokens)
+                now = time.perf_counter()
+                if written == 0 or n - written >= STREAM_WRITE_TOKENS or now - last_write >= STREAM_WRITE_S:
+                    rt.store.write_reply(rows.reply_id, gen.text, n)
+                    done = time.perf_counter()
+                    self.writes += 1
+                    self.write_s += done - now
+                    last_write, written = done, n
+                    testhooks.kill_point("decode")
+            text, n_tokens = gen.text, len(gen.tokens)
         except (KeyboardInterrupt, Cancelled, GeneratorExit) as exc:
-            # GeneratorExit: the caller stopped iterating (its own Ctrl-C); keep what was said.
-            interrupted = exc
-        finish = gen.stats.finish_reason if gen.stats else "cancelled"
-        partial = interrupted is not None or finish == "cancelled"
-        new: list[NewMessage] = []
+            # GeneratorExit: the caller stopped iterating (its own Ctrl-C, a closed pipe); keep what was said.
+            failure = exc
+            if gen is not None:
+                text, n_tokens = gen.text, len(gen.tokens)
+            reason = self._close_reason if isinstance(exc, GeneratorExit) else "stopped"
+        except BaseException as exc:
+            failure = exc
+            if gen is not None:
+                text, n_tokens = gen.text, len(gen.tokens)
+            reason = "error"
+        finish = gen.stats.finish_reason if gen is not None and gen.stats else "cancelled"
+        if failure is None and finish != "cancelled":
+            final_reason: str | None = None
+        elif failure is None or isinstance(failure, Cancelled):
+            final_reason = getattr(self.stop, "reason", None) or "stopped"
+        else:
+            final_reason = reason
+        # A turn stopped before its first token changes nothing else: no compaction (item 18),
+        # and a regenerate gives the old reply back its place.
+        empty_stop = final_reason is not None and not text
         compact_ids: tuple[int, ...] = ()
-        if result is not None:
+        summary_row = None
+        if result is not None and not empty_stop:
             compact_ids = result.compacted_ids
             if result.summary is not None:
-                new.append(NewMessage("system", result.summary, kind="summary"))
-        new.append(NewMessage("user", self.text, tokens=engine.count_tokens(self.text)))
-        if gen.text or not partial:
-            new.append(NewMessage("assistant", gen.text, tokens=len(gen.tokens), partial=partial))
-        title = self.text.strip().splitlines()[0][:60] if record.title == "New conversation" else None
-        rt.store.append_turn(cid, new, compact_ids=compact_ids, title=title)
-        save_s, state_bytes = rt._save_state(cid, engine)
-        rt._owner = cid
-        if interrupted is not None and not isinstance(interrupted, Cancelled):
-            raise interrupted  # GeneratorExit must end the generator; Ctrl-C goes on to the caller
-        st = gen.stats
+                summary_row = NewMessage("system", result.summary, kind="summary")
+        undo = self.regenerate and not store_user and empty_stop and final_reason != "error"
+        rt.store.finish_turn(
+            cid, rows, text, n_tokens, reason=final_reason, compact_ids=compact_ids, summary=summary_row,
+            unreplace_ids=replace_ids if undo else (), drop_reply=undo,
+        )  # fmt: skip
+        save_s, state_bytes = 0.0, 0
+        if final_reason == "error":
+            rt._owner = None  # a failed decode leaves the cache in doubt: the next turn restores afresh
+        else:
+            testhooks.kill_point("save")
+            save_s, state_bytes = rt._save_state(cid, engine)
+            rt._owner = cid
+        if failure is not None and not isinstance(failure, Cancelled):
+            raise failure  # GeneratorExit must end the generator; Ctrl-C and errors go on to the caller
+        st = gen.stats if gen is not None else None
         self.reply = Reply(
-            text=gen.text,
+            text=text,
             stats=TurnStats(
                 conversation_id=cid,
-                restored_from=rt._settle(source, gen.rewind, cid),
-                prefill_tokens=gen.prefill_tokens,
-                completion_tokens=len(gen.tokens),
+                restored_from=rt._settle(source, gen.rewind if gen is not None else None, cid),
+                prefill_tokens=gen.prefill_tokens if gen is not None else 0,
+                completion_tokens=n_tokens,
                 context_tokens=engine.n_cached,
                 context_limit=engine.n_ctx,
-                compacted=result is not None,
+                compacted=result is not None and not empty_stop,
                 ttft_s=(t_gen - t0) + (st.ttft_s if st else 0.0),
                 decode_tokens_per_s=st.decode_tokens_per_s if st else 0.0,
                 kv_type=kv_label(engine.settings),
@@ -713,12 +949,11 @@ class TurnStream:
                 sampling=asdict(self.sampling),
             ),
             notices=tuple(self.notices),
-            compaction=result,
+            compaction=result if not empty_stop else None,
         )
 
-    def _compact(
-        self,
-        rt: Runtime,
+    @staticmethod
+    def _plan_cut(
         engine: Engine,
         policy: str,
         system: str,
@@ -727,14 +962,13 @@ class TurnStream:
         user: dict[str, str],
         reserve: int,
         tokens_before: int,
-    ) -> tuple[compact.Compaction, list[dict[str, str]], list[int]]:
-        """Shrink the context so this turn fits; returns the compaction, new chat and tokens."""
+    ) -> int:
+        """How many of the oldest turns must leave the context for this turn to fit (no model work)."""
         if policy == "off":
             raise BudgetError(
                 f"the conversation needs {tokens_before + reserve} tokens; the context holds {engine.n_ctx}",
                 "use --compaction summarize or truncate, or a larger --ctx",
             )
-        t = time.perf_counter()
         # Reserve room for the summary the new context will carry.
         placeholder = None
         if policy == "summarize":
@@ -742,24 +976,43 @@ class TurnStream:
             placeholder = Message(0, "", 0, "system", room, None, 0.0, kind="summary")
 
         def prompt_len(k: int) -> int:
-            return len(engine.chat_tokens([*chat_messages(system, placeholder or summary, active[k:]), user]))
+            return len(engine.chat_tokens(with_user(chat_messages(system, placeholder or summary, active[k:]), user)))
 
         def message_len() -> int:
-            return len(engine.chat_tokens([*chat_messages(system, None, []), user]))
+            return len(engine.chat_tokens(with_user(chat_messages(system, None, []), user)))
 
-        k = compact.choose_cut(active, prompt_len, reserve, engine.n_ctx, message_len=message_len)
+        return compact.choose_cut(active, prompt_len, reserve, engine.n_ctx, message_len=message_len)
+
+    def _compact(
+        self,
+        rt: Runtime,
+        engine: Engine,
+        cut: tuple[str, int],
+        system: str,
+        summary: Message | None,
+        active: list[Message],
+        user: dict[str, str],
+        tokens_before: int,
+    ) -> tuple[compact.Compaction, list[dict[str, str]], list[int]]:
+        """Shrink the context so this turn fits; returns the compaction, new chat and tokens.
+
+        Nothing is stored here: the turn commits the compaction with its reply, and a turn
+        stopped before its first token (a stop during the summary included) commits none.
+        """
+        policy, k = cut
+        t = time.perf_counter()
         dropped = active[:k]
         ids = tuple(m.id for m in dropped)
         shifted = False
         new_summary_text: str | None = None
         if policy == "summarize":
             older = chat_messages(system, summary, dropped)
-            new_summary_text = compact.summarize(engine, older, self.sampling)
+            new_summary_text = compact.summarize(engine, older, self.sampling, stop=self.stop)
             ids = ids + ((summary.id,) if summary is not None else ())
             new_summary = Message(0, "", 0, "system", new_summary_text, None, time.time(), kind="summary")
-            chat = [*chat_messages(system, new_summary, active[k:]), user]
+            chat = with_user(chat_messages(system, new_summary, active[k:]), user)
         else:
-            chat = [*chat_messages(system, summary, active[k:]), user]
+            chat = with_user(chat_messages(system, summary, active[k:]), user)
         tokens = engine.chat_tokens(chat)
         if policy == "truncate":
             shifted = self._shift(engine, tokens)
@@ -825,7 +1078,7 @@ class GenerateStream:
 
     def __iter__(self) -> Iterator[str]:
         rt = self.rt
-        with rt._turn_lock:
+        with rt._turn_lock, _exclusive(rt, self):
             engine = rt.load()
             if rt._owner is not None and engine.n_cached:
                 rt._remember(rt._owner, engine)

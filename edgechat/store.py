@@ -6,6 +6,7 @@ Nothing here deletes a message except an explicit `delete_conversation`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from .config import private_dir
 from .errors import ConfigError, EdgechatError
@@ -36,6 +37,11 @@ class Message:
     compacted: bool = False
     kind: str = "message"  # "message" | "summary"
     partial: bool = False  # the reply was stopped before it finished
+    # Why a partial reply is partial: "interrupted" (the process died or was told to end),
+    # "stopped" (the user stopped it), "error" (generation failed). None when complete.
+    reason: str | None = None
+    replaced: bool = False  # a regenerated reply (or an edited message): kept, but out of the context
+    in_progress: bool = False  # written by a turn that has not finished (or whose process died)
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,37 @@ class ConversationRecord:
     updated_at: float
     message_count: int = 0
     token_count: int = 0
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def damaged_error(path: Path, detail: str) -> ConfigError:
+    """The one-line error for a truncated or corrupt database: name the file and the way out."""
+    return ConfigError(
+        f"the conversation database {path} is damaged ({detail})",
+        f"move it aside (mv {path} {path}.damaged) to start a new one, or restore it from a backup;"
+        f" `sqlite3 {path} .recover` may rescue its messages",
+    )
+
+
+def _guarded(method: Callable[P, R]) -> Callable[P, R]:
+    """SQLite reports a damaged file only when a query reaches a bad page: turn that, wherever it
+    happens, into the one-line error (a busy or locked database is not damage)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # OperationalError, IntegrityError...: not damage
+                raise
+            store = args[0]
+            assert isinstance(store, Store)
+            raise damaged_error(store.path, str(exc)) from exc
+
+    return wrapper
 
 
 def _like_escape(text: str) -> str:
@@ -101,8 +138,21 @@ def _m1(db: sqlite3.Connection) -> None:
     )
 
 
+def _m2_turn_progress_and_replaced_replies(db: sqlite3.Connection) -> None:
+    """Crash-safe turns and regenerate: a turn's rows are written before and while it runs."""
+    _script(
+        db,
+        """
+        ALTER TABLE messages ADD COLUMN reason TEXT;
+        ALTER TABLE messages ADD COLUMN replaced INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE messages ADD COLUMN in_progress INTEGER NOT NULL DEFAULT 0;
+        UPDATE messages SET reason = 'stopped' WHERE partial = 1
+        """,
+    )
+
+
 # Numbered migrations: append, never edit one that has shipped.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2_turn_progress_and_replaced_replies]
 
 
 class Store:
@@ -120,6 +170,9 @@ class Store:
         self.path = path
         self._lock = threading.RLock()
         private_dir(path.parent)
+        if path.exists() and path.stat().st_size == 0 and not _nonempty(path.with_name(path.name + "-wal")):
+            # SQLite would take an empty file for a new database and hide the loss: say so instead.
+            raise damaged_error(path, "the file is empty")
         try:
             _private_file(path)
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -129,9 +182,11 @@ class Store:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
+            if type(exc) is sqlite3.DatabaseError:
+                raise damaged_error(path, str(exc)) from exc
             raise ConfigError(
                 f"conversation database {path} cannot be opened: {exc}",
-                "restore it from a backup, or move it aside to start afresh",
+                "check that the folder is writable and not on a network share",
             ) from exc
 
     def close(self) -> None:
@@ -179,6 +234,7 @@ class Store:
 
     # conversations -------------------------------------------------------------------
 
+    @_guarded
     def create_conversation(self, model: str, settings: dict[str, Any], title: str = "") -> ConversationRecord:
         now = time.time()
         with self.transaction() as db:
@@ -198,6 +254,7 @@ class Store:
         FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id
     """
 
+    @_guarded
     def conversation(self, id_or_prefix: str) -> ConversationRecord:
         """Look one up by id or a unique id prefix (as git does for commits)."""
         rows = (
@@ -217,6 +274,7 @@ class Store:
             raise EdgechatError(f"{id_or_prefix!r} matches {len(rows)} conversations", "give more of the id")
         return _record(rows[0])
 
+    @_guarded
     def conversations(self, search: str = "") -> list[ConversationRecord]:
         rows = self._rows(
             self._SUMMARY_SQL + " WHERE c.title LIKE ? ESCAPE '\\' GROUP BY c.id ORDER BY c.updated_at DESC",
@@ -228,10 +286,12 @@ class Store:
         items = self.conversations()
         return items[0] if items else None
 
+    @_guarded
     def rename(self, cid: str, title: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, cid))
 
+    @_guarded
     def update(self, cid: str, *, model: str | None = None, settings: dict[str, Any] | None = None) -> None:
         with self.transaction() as db:
             if model is not None:
@@ -239,6 +299,7 @@ class Store:
             if settings is not None:
                 db.execute("UPDATE conversations SET settings = ? WHERE id = ?", (json.dumps(settings), cid))
 
+    @_guarded
     def delete_conversation(self, cid: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM messages WHERE conversation_id = ?", (cid,))
@@ -246,6 +307,7 @@ class Store:
 
     # messages ------------------------------------------------------------------------
 
+    @_guarded
     def messages(self, cid: str) -> list[Message]:
         rows = self._rows("SELECT * FROM messages WHERE conversation_id = ? ORDER BY seq", (cid,))
         return [
@@ -260,10 +322,14 @@ class Store:
                 compacted=bool(r["compacted"]),
                 kind=r["kind"],
                 partial=bool(r["partial"]),
+                reason=r["reason"],
+                replaced=bool(r["replaced"]),
+                in_progress=bool(r["in_progress"]),
             )  # fmt: skip
             for r in rows
         ]
 
+    @_guarded
     def append_turn(
         self,
         cid: str,
@@ -293,6 +359,161 @@ class Store:
                 db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, cid))
             db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, cid))
         return self.messages(cid)
+
+    # turns written as they run -------------------------------------------------------------
+
+    @_guarded
+    def begin_turn(
+        self,
+        cid: str,
+        user: NewMessage | None,
+        *,
+        replace_ids: Sequence[int] = (),
+        create: tuple[str, dict[str, Any], str] | None = None,
+        title: str | None = None,
+    ) -> TurnRows:
+        """Commit a turn's user message and an empty reply row before any model work starts.
+
+        The reply row is born `partial` with the reason "interrupted": if the process dies from
+        here on, that is what the transcript truthfully says. Rows of an earlier turn whose
+        process died are settled (the caller holds the conversation lock, so no one else is
+        writing them). `replace_ids` (regenerate, edit) are marked replaced in the same commit.
+        `create` = (model, settings, title) makes the conversation itself, with its first turn.
+        A seq is left free before the user message for a summary this turn may produce.
+        """
+        now = time.time()
+        with self.transaction() as db:
+            if create is not None:
+                model, settings, new_title = create
+                db.execute(
+                    "INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?)",
+                    (cid, new_title or "New conversation", model, json.dumps(settings), now, now),
+                )
+            db.execute("UPDATE messages SET in_progress = 0 WHERE conversation_id = ? AND in_progress = 1", (cid,))
+            if replace_ids:
+                db.executemany(
+                    "UPDATE messages SET replaced = 1 WHERE id = ? AND conversation_id = ?",
+                    [(mid, cid) for mid in replace_ids],
+                )
+            row = db.execute("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE conversation_id = ?", (cid,)).fetchone()
+            seq = row[0] + 1  # the free slot for a summary
+            user_id = None
+            if user is not None:
+                seq += 1
+                user_id = self._insert(db, cid, seq, user, now, in_progress=True)
+            seq += 1
+            reply = NewMessage("assistant", "", tokens=0, partial=True)
+            reply_id = self._insert(db, cid, seq, reply, now, in_progress=True, reason="interrupted")
+            if title is not None:
+                db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, cid))
+            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, cid))
+        return TurnRows(user_id=user_id, reply_id=reply_id, summary_seq=row[0] + 1)
+
+    @_guarded
+    def write_reply(self, reply_id: int, content: str, tokens: int) -> None:
+        """The streamed reply so far: one small UPDATE, called at bounded intervals while it streams."""
+        with self.transaction() as db:
+            db.execute("UPDATE messages SET content = ?, tokens = ? WHERE id = ?", (content, tokens, reply_id))
+
+    @_guarded
+    def finish_turn(
+        self,
+        cid: str,
+        rows: TurnRows,
+        content: str,
+        tokens: int,
+        *,
+        reason: str | None,
+        compact_ids: Sequence[int] = (),
+        summary: NewMessage | None = None,
+        unreplace_ids: Sequence[int] = (),
+        drop_reply: bool = False,
+    ) -> None:
+        """Close a turn in one commit: the final reply (partial with `reason`, or complete when
+        None), the compaction it did, and the end of the in-progress mark.
+
+        `drop_reply` removes this turn's own empty reply row and gives `unreplace_ids` back
+        their place (a regenerate stopped before its first token changes nothing).
+        """
+        from . import testhooks
+
+        now = time.time()
+        with self.transaction() as db:
+            if drop_reply:
+                db.execute("DELETE FROM messages WHERE id = ? AND content = ''", (rows.reply_id,))
+            else:
+                db.execute(
+                    "UPDATE messages SET content = ?, tokens = ?, partial = ?, reason = ?, in_progress = 0"
+                    " WHERE id = ?",
+                    (content, tokens, int(reason is not None), reason, rows.reply_id),
+                )
+            if unreplace_ids:
+                db.executemany(
+                    "UPDATE messages SET replaced = 0 WHERE id = ? AND conversation_id = ?",
+                    [(mid, cid) for mid in unreplace_ids],
+                )
+            if rows.user_id is not None:
+                db.execute("UPDATE messages SET in_progress = 0 WHERE id = ?", (rows.user_id,))
+            if compact_ids:
+                db.executemany(
+                    "UPDATE messages SET compacted = 1 WHERE id = ? AND conversation_id = ?",
+                    [(mid, cid) for mid in compact_ids],
+                )
+            if summary is not None:
+                free = db.execute(
+                    "SELECT 1 FROM messages WHERE conversation_id = ? AND seq = ?", (cid, rows.summary_seq)
+                ).fetchone()
+                if free is None:
+                    seq = rows.summary_seq
+                else:  # a regenerate: no slot was left before its (older) user message
+                    seq = db.execute(
+                        "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = ?", (cid,)
+                    ).fetchone()[0]
+                self._insert(db, cid, seq, summary, now)
+            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, cid))
+            testhooks.kill_point("commit")
+
+    @staticmethod
+    def _insert(
+        db: sqlite3.Connection,
+        cid: str,
+        seq: int,
+        m: NewMessage,
+        now: float,
+        *,
+        in_progress: bool = False,
+        reason: str | None = None,
+    ) -> int:
+        cur = db.execute(
+            "INSERT INTO messages (conversation_id, seq, role, content, tokens, created_at, kind, partial,"
+            " reason, in_progress) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (cid, seq, m.role, m.content, m.tokens, now, m.kind, int(m.partial), reason, int(in_progress)),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def new_id(self) -> str:
+        """A fresh conversation id (the row itself may be created later, with the first turn)."""
+        while True:
+            cid = secrets.token_hex(4)
+            if not self.db.execute("SELECT 1 FROM conversations WHERE id = ?", (cid,)).fetchone():
+                return cid
+
+
+@dataclass(frozen=True)
+class TurnRows:
+    """The rows `begin_turn` wrote: the user message (None for a regenerate) and the reply."""
+
+    user_id: int | None
+    reply_id: int
+    summary_seq: int
+
+
+def _nonempty(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _private_file(path: Path) -> None:

@@ -59,11 +59,13 @@ def test_second_process_on_a_busy_conversation_fails_clearly(home, smollm2):
             "send", "Me too.", "-c", cid, "-m", str(smollm2), *GREEDY, home=home, env={"EDGECHAT_LOCK_TIMEOUT": "0.5"}
         )
         assert p.returncode == 1
+        assert f"waiting for pid {first.pid}" in p.stderr
         assert "busy in another edgechat process" in p.stderr
         assert "Traceback" not in p.stderr
     finally:
+        first.send_signal(signal.SIGTERM)  # no need to wait for 600 tokens: the reply is kept (partial)
         first.wait(timeout=300)
-    assert first.returncode == 0
+    assert first.returncode == 143
     roles = [m["role"] for m in _messages(home, cid)]
     assert roles == ["user", "assistant", "user", "assistant"]
 
@@ -84,18 +86,23 @@ def test_ctrl_c_mid_reply_keeps_the_partial_reply_marked(home, smollm2):
     assert nxt["restored_from"] == "state"
 
 
-def test_kill_mid_reply_leaves_the_last_good_turn(home, smollm2):
+def test_kill_mid_reply_keeps_the_message_and_the_reply_so_far(home, smollm2):
     cid = _send_json(home, smollm2, "Hello.", "--new")["conversation_id"]
     header_before = (home / "states" / f"{cid}.json").read_text()
     proc = _start_long_send(home, smollm2, cid)
     assert _wait_for_output(proc, 30)
+    time.sleep(0.6)  # past one timed write of the streaming reply
     proc.kill()
     proc.wait(timeout=60)
-    assert [m["role"] for m in _messages(home, cid)] == ["user", "assistant"]
+    msgs = _messages(home, cid)
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
+    assert msgs[2]["content"] == LONG
+    assert msgs[3]["partial"] and msgs[3]["reason"] == "interrupted" and msgs[3]["content"]
     assert (home / "states" / f"{cid}.json").read_text() == header_before
+    # The next turn follows the partial reply, from the last saved state plus a prefill.
     nxt = _send_json(home, smollm2, "Are you there?", "-c", cid)
     assert nxt["restored_from"] == "state"
-    assert len(_messages(home, cid)) == 4
+    assert len(_messages(home, cid)) == 6
 
 
 def _limit_file_size(limit: int):

@@ -606,3 +606,41 @@ async def test_shutting_down_mid_reply_stops_it_stores_it_and_closes_the_runtime
     assert rt is not None and rt.engine is None
     with Runtime(model="unused", home=rt.paths.data_dir) as check:
         assert cid is not None and check.conversation(cid).messages()[-1].partial
+
+
+@pytest.mark.asyncio
+async def test_an_interrupted_reply_offers_a_one_key_retry_and_the_last_message_can_be_edited(
+    make_app: Callable[..., EdgechatApp], home: Path, smollm2: Path
+) -> None:
+    from edgechat.store import NewMessage
+
+    # What a process killed mid-reply leaves behind: the message, and the reply up to its last write.
+    rt = Runtime(model=str(smollm2), home=home, ctx=1024, threads=2)
+    cid = rt.new_conversation(title="Cut off").id
+    rows = rt.store.begin_turn(cid, NewMessage("user", "Name a colour."))
+    rt.store.write_reply(rows.reply_id, "Blu", 1)
+    rt.close()
+    app = make_app(max_tokens=8, conversation=cid)
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: app.model_ready)
+        reply = app.chat_log.message_views()[-1]
+        assert reply.border_subtitle == "interrupted · partial · ctrl+t retries"
+        done = app.last_stats
+        await pilot.press("ctrl+t")
+        await until(pilot, lambda: app.turn is None and app.last_stats is not done)
+        msgs = stored(app)
+        assert [(m.role, m.replaced) for m in msgs] == [("user", False), ("assistant", True), ("assistant", False)]
+        assert msgs[1].content == "Blu" and msgs[1].reason == "interrupted"
+        assert not msgs[2].partial and msgs[2].content
+        views = app.chat_log.message_views()
+        assert [v.role for v in views] == ["user", "assistant"] and views[-1].text == msgs[2].content
+        # Up in the empty box takes the last message back; Enter sends the edited one in its place.
+        app.prompt.focus()
+        await pilot.press("up")
+        assert app.prompt.text == "Name a colour."
+        app.prompt.text = "Name a fruit."
+        await pilot.pause()
+        await send(pilot, app, "Name a fruit.")
+        live = [(m.role, m.content) for m in stored(app) if not m.replaced]
+        assert live[0] == ("user", "Name a fruit.") and [r for r, _ in live] == ["user", "assistant"]
+        assert [v.text for v in app.chat_log.message_views()][0] == "Name a fruit."

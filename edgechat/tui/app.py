@@ -8,9 +8,11 @@ the UI keeps handling keys while a model loads or a reply streams.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import os
+import signal
 import sys
 import threading
 import time
@@ -34,6 +36,7 @@ from ..config import load_defaults, save_default
 from ..errors import EdgechatError
 from ..memory import MemorySnapshot, probe
 from ..registry import resolve_model
+from ..shutdown import HANDLED, StopEvent
 from ..threads import ThreadChoice
 from .figures import model_label, restore_phrase, snapshot_mode
 from .screens.compaction_view import CompactionView
@@ -57,7 +60,7 @@ QUIT_WAIT_S = 30.0  # how long a quit waits for a model load (or a stuck llama.c
 # Actions that only make sense on the chat screen, not under a dialog.
 MAIN_ONLY = frozenset(
     {"new_conversation", "rename", "delete", "pick_model", "settings", "show_compaction", "focus_search",
-     "toggle_sidebar", "copy_reply"}
+     "toggle_sidebar", "copy_reply", "regenerate", "edit_last"}
 )  # fmt: skip
 
 
@@ -70,7 +73,9 @@ class ActiveTurn:
     user_view: MessageView
     view: MessageView
     fresh: bool  # first turn since the conversation was opened: show where its KV came from
-    stop: threading.Event = field(default_factory=threading.Event)
+    regenerate: bool = False  # answer the last message again (with `text`: the edited last message)
+    stop: StopEvent = field(default_factory=StopEvent)
+    stored: bool = False  # the pipeline has committed the message: it stays, whatever happens next
     started: float = field(default_factory=time.perf_counter)
     restored: dict[str, Any] = field(default_factory=dict)
 
@@ -107,6 +112,7 @@ class EdgechatApp(App[None]):
         Binding("ctrl+o", "pick_model", "Model"),
         Binding("ctrl+s", "settings", "Settings"),
         Binding("ctrl+l", "copy_reply", "Copy reply"),
+        Binding("ctrl+t", "regenerate", "Retry"),
         Binding("ctrl+b", "toggle_sidebar", "Sidebar"),
         Binding("ctrl+g", "show_compaction", "Compacted", show=False),
         Binding("ctrl+r", "rename", "Rename", show=False),
@@ -191,6 +197,8 @@ class EdgechatApp(App[None]):
         self._when_idle: list[Callable[[], Any]] = []
         self._quitting = False
         self._theme_choice = ""
+        self._editing = False  # the prompt holds the last message, taken back to be edited and resent
+        self.exit_signal: int | None = None  # SIGTERM/SIGHUP that ended the app (exit status 128 + it)
 
     # layout -------------------------------------------------------------------------------
 
@@ -210,6 +218,10 @@ class EdgechatApp(App[None]):
         self.sidebar = self.query_one(ConversationList)
         self.prompt = self.query_one(PromptInput)
         self.prompt.focus()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop = asyncio.get_running_loop()
+            for signum in HANDLED:
+                loop.add_signal_handler(signum, self._on_signal, signum)
         try:
             self.runtime = self.make_runtime(self._core_notice)
         except Exception as exc:  # noqa: BLE001 - a bad config must not take the UI down
@@ -302,6 +314,7 @@ class EdgechatApp(App[None]):
         messages = rt.conversation(record.id).messages()
         self.conversation_id = record.id
         self._pending_settings = {}
+        self._editing = False
         self._fresh = bool(messages)
         self.last_reply = next((m.content for m in reversed(messages) if m.role == "assistant"), "")
         await self.chat_log.show(messages, model_label=model_label(record.model))
@@ -313,6 +326,7 @@ class EdgechatApp(App[None]):
         """A blank chat; it is stored only when the first message is sent."""
         self.conversation_id = None
         self._pending_settings = {}
+        self._editing = False
         self._fresh = False
         self.last_reply = ""
         await self.chat_log.show([])
@@ -467,6 +481,15 @@ class EdgechatApp(App[None]):
     async def _submitted(self, message: PromptInput.Submitted) -> None:
         await self.send(message.text)
 
+    @on(PromptInput.Changed)
+    def _prompt_changed(self, event: PromptInput.Changed) -> None:
+        if not event.text_area.text:
+            self._editing = False  # clearing the box cancels an edit
+
+    @on(PromptInput.EditLast)
+    def _edit_last(self, _message: PromptInput.EditLast) -> None:
+        self.action_edit_last()
+
     async def send(self, text: str) -> ActiveTurn | None:
         """Start a turn: show the message at once, generate in a worker, stream into the log."""
         rt = self.runtime
@@ -485,34 +508,87 @@ class EdgechatApp(App[None]):
                 return None
             self.conversation_id = conv.id
             self._pending_settings = {}
+        editing = self._editing
+        self._editing = False
+        if editing:  # the edited message replaces the last one, and its reply (both stay stored)
+            for old in self._last_turn_views():
+                await old.remove()
         user_view = MessageView("user", text)
         view = MessageView("assistant", label=model_label(rt.model_name or rt.model_spec), streaming=True)
-        turn = ActiveTurn(self.conversation_id, text, user_view, view, fresh=self._fresh)
+        turn = ActiveTurn(self.conversation_id, text, user_view, view, fresh=self._fresh, regenerate=editing)
+        self.prompt.clear()
+        # Mount first, then generate: the reply cannot be drawn before its view exists anyway,
+        # and mounting (tens of ms of main-thread CPU) would otherwise compete with the decode
+        # for the cores (scripts/bench_tui.py).
+        await self._start_turn(turn, user_view, view)
+        return turn
+
+    async def _start_turn(self, turn: ActiveTurn, *views: MessageView) -> None:
+        rt = self.runtime
+        assert rt is not None
         self._fresh = False
         self.turn = turn
-        self.prompt.clear()
         self.status.update(
             activity="loading model…" if self.loading or rt.engine is None else "thinking…",
             activity_since=time.perf_counter(),
         )
-        # Mount first, then generate: the reply cannot be drawn before its view exists anyway,
-        # and mounting (tens of ms of main-thread CPU) would otherwise compete with the decode
-        # for the cores (scripts/bench_tui.py).
-        await self.chat_log.add(user_view, view)
+        await self.chat_log.add(*views)
         self.chat_log.scroll_end(animate=False)
         self.refresh_bindings()
         self.prompt.cursor_blink = False  # each blink is a repaint, and every repaint slows the decode
         self.llama_thread.submit(self._generate, turn)
-        return turn
+
+    def _last_turn_views(self) -> list[MessageView]:
+        """The views of the last exchange: the last user message and any reply after it."""
+        views = [v for v in self.chat_log.message_views() if not v.compacted]
+        for i in range(len(views) - 1, -1, -1):
+            if views[i].role == "user":
+                return views[i:]
+        return []
+
+    async def action_regenerate(self) -> None:
+        """Ctrl+T: answer the last message again (also the retry of an interrupted or failed reply).
+        The old reply stays stored, marked replaced."""
+        rt = self.runtime
+        if rt is None or self._busy("regenerate the reply"):
+            return
+        last = self._last_turn_views()
+        if self.conversation_id is None or not last:
+            self.notify("there is no message to answer again yet", severity="warning")
+            return
+        for old in last[1:]:
+            await old.remove()
+        view = MessageView("assistant", label=model_label(rt.model_name or rt.model_spec), streaming=True)
+        turn = ActiveTurn(self.conversation_id, "", last[0], view, fresh=self._fresh, regenerate=True)
+        await self._start_turn(turn, view)
+
+    def action_edit_last(self) -> None:
+        """Up in an empty prompt: take the last message back to edit; Enter resends it, and the old
+        message and its reply stay stored, marked replaced."""
+        if self.runtime is None or self._busy("edit the last message"):
+            return
+        last = self._last_turn_views()
+        if self.conversation_id is None or not last:
+            return
+        self._editing = True
+        self.prompt.text = last[0].text
+        self.prompt.move_cursor(self.prompt.document.end)
+        self.notify("editing your last message: Enter resends it, clearing the box cancels", timeout=4)
 
     def _generate(self, turn: ActiveTurn) -> None:
         """On the llama thread: run the turn pipeline; pieces go to the view's buffer, the rest by message."""
         rt = self.runtime
         assert rt is not None
         try:
-            stream = rt.conversation(turn.conversation_id).stream(turn.text, stop=turn.stop)
+            conv = rt.conversation(turn.conversation_id)
+            if turn.regenerate:
+                stream = conv.regenerate(turn.text or None, stop=turn.stop)
+            else:
+                stream = conv.stream(turn.text, stop=turn.stop)
 
             def on_event(kind: str, data: Any) -> None:
+                if kind == "stored":
+                    turn.stored = True
                 self.post_message(self.TurnEvent(turn, kind, data))
 
             stream.on_event = on_event
@@ -542,7 +618,13 @@ class EdgechatApp(App[None]):
     async def on_edgechat_app_turn_finished(self, message: TurnFinished) -> None:
         turn = message.turn
         self.status.update(activity="")
-        if message.error is not None:
+        if message.error is not None and turn.stored:
+            # The message is stored (so is what came of the reply): offer the one-key retry.
+            await turn.view.finish()
+            turn.view.fail("failed · ctrl+t retries")
+            self._assign_ids(turn)
+            self.show_error(message.error)
+        elif message.error is not None:
             await turn.view.finish()
             if turn.view.text:
                 turn.view.fail("not saved")  # unlike a stopped reply, nothing of this turn was stored
@@ -571,7 +653,13 @@ class EdgechatApp(App[None]):
     async def _show_reply(self, turn: ActiveTurn, reply: Reply, kv_bytes: int) -> None:
         st = reply.stats
         stopped = st.finish_reason == "cancelled"
-        if stopped and not reply.text:
+        rt = self.runtime
+        if stopped and not reply.text and turn.regenerate and rt is not None and not turn.text:
+            # A regenerate stopped before its first token changes nothing: show the kept reply again.
+            with contextlib.suppress(EdgechatError):
+                messages = rt.conversation(turn.conversation_id).messages()
+                await self.chat_log.show(messages, model_label=model_label(rt.model_spec))
+        elif stopped and not reply.text:
             await turn.view.remove()
             await self.chat_log.add(Notice("stopped before the first token", kind="info"))
         else:
@@ -582,10 +670,7 @@ class EdgechatApp(App[None]):
                 subtitle = "stopped: it kept repeating itself" + (f" · {subtitle}" if subtitle else "")
             await turn.view.finish(partial=stopped, cut=st.finish_reason == "length", subtitle=subtitle)
             self.last_reply = reply.text
-        rt = self.runtime
-        if rt is not None and self.conversation_id == turn.conversation_id:
-            with contextlib.suppress(EdgechatError):
-                self.chat_log.assign_ids(rt.conversation(turn.conversation_id).messages())
+        self._assign_ids(turn)
         if reply.compaction is not None:
             await self.chat_log.mark_compacted(reply.compaction.compacted_ids)
         source = turn.restored.get("source", st.restored_from)
@@ -597,6 +682,27 @@ class EdgechatApp(App[None]):
             threads=ThreadChoice(st.decode_threads, st.prefill_threads, st.threads_auto).label() if st.decode_threads else "",
         )  # fmt: skip
         self.refresh_sidebar()
+
+    def _assign_ids(self, turn: ActiveTurn) -> None:
+        rt = self.runtime
+        if rt is not None and self.conversation_id == turn.conversation_id:
+            with contextlib.suppress(EdgechatError):
+                self.chat_log.assign_ids(rt.conversation(turn.conversation_id).messages())
+
+    def _on_signal(self, signum: int) -> None:
+        """SIGTERM or SIGHUP (a closed terminal, a logout): like Ctrl+Q, but the reply is stored as
+        "interrupted" and the exit status is 128 + the signal. A second one leaves at once."""
+        if self.exit_signal is not None:
+            os._exit(128 + signum)
+        self.exit_signal = signum
+        turn = self.turn
+        if turn is None:
+            self.exit()
+            return
+        turn.stop.reason = "interrupted"
+        turn.stop.set()
+        self._quitting = True
+        self.set_timer(20, self.exit)
 
     # model loading --------------------------------------------------------------------------
 
@@ -903,6 +1009,16 @@ class EdgechatApp(App[None]):
                 self.action_show_compaction,
             ),
             ("Copy last reply", "To the clipboard (ctrl+l)", self.action_copy_reply),
+            (
+                "Regenerate reply",
+                "Answer the last message again; the old reply stays stored (ctrl+t)",
+                self.action_regenerate,
+            ),
+            (
+                "Edit last message",
+                "Take it back into the box to edit and resend (up in an empty box)",
+                self.action_edit_last,
+            ),
             ("Stop reply", "End the streaming reply, keep what came (esc)", self.action_stop_reply),
             ("Toggle sidebar", "Show or hide the conversation list (ctrl+b)", self.action_toggle_sidebar),
         ]
@@ -961,14 +1077,26 @@ def _compaction_text(result: Any) -> str:
     return f"⋯ context full: {what} ({tokens}) · ctrl+g shows them"
 
 
-def run_app(make_runtime: MakeRuntime, conversation: str | None = None, cont: bool = False) -> None:
-    """Entry point for `edgechat chat`: run the UI, then close the runtime on the llama thread."""
+def run_app(make_runtime: MakeRuntime, conversation: str | None = None, cont: bool = False) -> int:
+    """Entry point for `edgechat chat`: run the UI, then close the runtime on the llama thread.
+
+    Returns the exit status: 0, or 128 + the signal (SIGTERM, SIGHUP) that ended it.
+    """
     app = EdgechatApp(make_runtime, conversation=conversation, cont=cont)
     try:
-        app.run()
+        try:
+            app.run()
+        except Exception:
+            if app.exit_signal is None:
+                raise
+            # A closed terminal (SIGHUP) can make drawing fail on the way out: the turn is what matters.
     finally:
+        # While the reply is stored and the runtime closes, a (second) signal leaves at once.
+        for signum in HANDLED:
+            signal.signal(signum, lambda s, _f: os._exit(128 + s))
         if not app.shut_down():
             # SQLite and the state files are written atomically: leaving now loses nothing stored.
             sys.stderr.write(f"edgechat: llama.cpp was still busy {QUIT_WAIT_S:.0f} s after quitting; leaving anyway\n")
             sys.stderr.flush()
             os._exit(1)
+    return 128 + app.exit_signal if app.exit_signal else 0

@@ -48,6 +48,7 @@ class MessageView(Vertical):
         partial: bool = False,
         compacted: bool = False,
         streaming: bool = False,
+        reason: str | None = None,
     ) -> None:
         classes = f"-{role}" + (" -partial" if partial else "") + (" -compacted" if compacted else "")
         super().__init__(classes=classes)
@@ -56,6 +57,7 @@ class MessageView(Vertical):
         self.label = label or ("you" if role == "user" else role)
         self.message_id = message_id
         self.partial = partial
+        self.reason = reason  # why a partial reply is partial: "interrupted", "stopped", "error"
         self.compacted = compacted
         self.streaming = streaming
         self.first_paint: float | None = None  # perf_counter when streamed text first reached the screen
@@ -92,6 +94,9 @@ class MessageView(Vertical):
         self.border_title = self.label
         if self.streaming and not self.text and not self._pending:
             self.border_subtitle = "thinking…"
+        elif self.partial and self.reason in ("interrupted", "error"):
+            what = "interrupted" if self.reason == "interrupted" else "failed"
+            self.border_subtitle = f"{what} · partial · ctrl+t retries" if self.text else f"{what} · ctrl+t retries"
         elif self.partial:
             self.border_subtitle = "stopped · partial"
         elif not self.streaming and "-length" in self.classes:
@@ -199,12 +204,22 @@ class ChatLog(VerticalScroll):
         await self.remove_children()
         widgets: list[MessageView | SummaryView | Notice] = []
         for m in messages:
+            if m.replaced:  # a regenerated reply or an edited message: stored, out of the conversation
+                continue
             if m.kind == "summary":
                 widgets.append(SummaryView(m.content, m.id))
                 continue
             label = "you" if m.role == "user" else (model_label or m.role)
             widgets.append(
-                MessageView(m.role, m.content, label=label, message_id=m.id, partial=m.partial, compacted=m.compacted)
+                MessageView(
+                    m.role,
+                    m.content,
+                    label=label,
+                    message_id=m.id,
+                    partial=m.partial,
+                    compacted=m.compacted,
+                    reason=m.reason,
+                )  # fmt: skip
             )
         if not widgets:
             widgets.append(Notice(WELCOME, kind="welcome"))
@@ -229,9 +244,14 @@ class ChatLog(VerticalScroll):
     def assign_ids(self, messages: Sequence[StoredMessage]) -> None:
         """Give freshly streamed views their stored ids, so later compaction can find them."""
         views = [v for v in self.message_views() if v.message_id is None]
-        stored = [m for m in messages if m.kind == "message"]
-        for view, m in zip(reversed(views), reversed(stored), strict=False):
-            view.message_id = m.id
+        stored = [m for m in messages if m.kind == "message" and not m.replaced]
+        for view in reversed(views):
+            # A reply stopped before its first token is stored empty but not shown: skip such rows.
+            while stored and stored[-1].role != view.role:
+                stored.pop()
+            if not stored:
+                break
+            view.message_id = stored.pop().id
 
     async def mark_compacted(self, ids: Sequence[int]) -> int:
         wanted = set(ids)

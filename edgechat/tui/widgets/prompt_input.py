@@ -26,6 +26,9 @@ class PromptInput(TextArea):
         def control(self) -> PromptInput:
             return self.prompt
 
+    class EditLast(Message):
+        """Up in an empty box: the user wants the last message back, to edit and resend it."""
+
     def __init__(self, *, placeholder: str = "", id: str | None = None) -> None:
         super().__init__(
             id=id,
@@ -43,6 +46,11 @@ class PromptInput(TextArea):
             event.prevent_default()
             if self.text.strip():
                 self.post_message(self.Submitted(self, self.text))
+            return
+        if event.key == "up" and not self.text:
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.EditLast())
             return
         if event.key in NEWLINE_KEYS:
             event.stop()
