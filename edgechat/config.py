@@ -146,11 +146,11 @@ def check_sampling(values: dict[str, Any], where: str) -> dict[str, Any]:
         kind = _SAMPLING_TYPES[key]
         ok = type(value) is kind or (kind is float and type(value) is int)
         if not ok:
-            raise ConfigError(f"{where}: {key} = {value!r} must be {kind.__name__}", "fix the value")
+            raise ConfigError(f"{where}.{key} = {value!r} must be {kind.__name__}", "fix the value")
         value = kind(value)
         problem = _sampling_range(key, value)
         if problem:
-            raise ConfigError(f"{where}: {key} = {value!r} {problem}", "fix the value")
+            raise ConfigError(f"{where}.{key} = {value!r} {problem}", "fix the value")
         out[key] = value
     return out
 

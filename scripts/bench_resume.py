@@ -62,7 +62,7 @@ def one(model: str, home: Path, cid: str, kv: str, ctx: int, drop_state: bool, r
             rt.states.delete(cid)
         conv = rt.conversation(cid)
         if regenerate:
-            r = conv.regenerate(max_tokens=8, temperature=0)
+            r = conv.regenerate(max_tokens=8, temperature=0).run()
         else:
             r = conv.send("Summarize that in one sentence.", max_tokens=8, temperature=0)
         header = rt.states.read_header(cid, missing_ok=True)

@@ -120,7 +120,10 @@ def test_crash_harness_kills_every_phase_and_loses_nothing(home, smollm2, tmp_pa
             )  # fmt: skip
             # A kill timed into the state save may come after the process has finished, and a reply
             # that ends at once (end-of-text first) never reaches a write of the streaming reply.
-            survived = p.returncode == 0 and (phase == "save" or (phase == "decode" and p.stdout.strip() == ""))
+            # On a fast machine a short reply can also finish before a delayed decode kill lands.
+            survived = p.returncode == 0 and (
+                phase == "save" or (phase == "decode" and (delay > 0 or p.stdout.strip() == ""))
+            )
             assert p.returncode == -signal.SIGKILL or survived, (phase, p.returncode, p.stderr)
             kills[phase] += p.returncode == -signal.SIGKILL
             assert _integrity(db_path) == "ok"

@@ -99,13 +99,13 @@ def test_context_is_padded_like_llama_cpp(smollm2: Path) -> None:
 
 
 def test_gpu_split_matches_a_cuda_build(gemma: Path, smollm2: Path) -> None:
-    """Figures logged by llama-cpp-python 0.3.36 built with CUDA on an H100 (n_ctx 2048, f16)."""
+    """Figures logged by llama-cpp-python 0.3.36 built with CUDA on an H100 (n_ctx 2048, f16, swa_full on)."""
     g = read_gguf(gemma)
     # --gpu-layers 1 moves only the output layer: Gemma's tied embeddings are copied up.
-    one = estimate(g, n_ctx=2048, gpu_layers=1, gpu_offload=True)
+    one = estimate(g, n_ctx=2048, gpu_layers=1, gpu_offload=True, swa_full=True)
     assert one.weights_gpu / MiB == pytest.approx(170.00, abs=0.1)
     assert one.kv_gpu == 0
-    nine = estimate(g, n_ctx=2048, gpu_layers=9, gpu_offload=True)
+    nine = estimate(g, n_ctx=2048, gpu_layers=9, gpu_offload=True, swa_full=True)
     assert nine.weights_gpu / MiB == pytest.approx(199.36, abs=0.1)
     assert nine.weights_cpu / MiB == pytest.approx(205.82, abs=0.1)
     assert nine.kv_gpu / MiB == pytest.approx(16.0, abs=0.01)
@@ -113,7 +113,7 @@ def test_gpu_split_matches_a_cuda_build(gemma: Path, smollm2: Path) -> None:
     assert nine.compute_cpu / MiB == pytest.approx(12.51, rel=0.05)  # CUDA_Host: graph inputs only
     # --gpu-layers 0 on a GPU build: the output matmul still runs on the GPU (op offload),
     # so its compute buffer holds the logits and a copy of the output matrix.
-    zero = estimate(g, n_ctx=2048, gpu_layers=0, gpu_offload=True)
+    zero = estimate(g, n_ctx=2048, gpu_layers=0, gpu_offload=True, swa_full=True)
     assert zero.weights_gpu == 0
     assert zero.compute_gpu / MiB == pytest.approx(684.28, rel=0.02)
     s = read_gguf(smollm2)

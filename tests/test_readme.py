@@ -56,14 +56,14 @@ def readme_home(home: Path, smollm2: Path) -> Path:
 
 def test_the_readme_has_the_examples_this_test_runs() -> None:
     lines = shell_lines()
-    assert len(blocks("python")) == 1
+    assert blocks("python")[0].startswith("from edgechat import Runtime")
     assert any(line.startswith("edgechat generate") for line in lines)
     assert any("conversations list" in line for line in lines)
     assert all("|" not in line or line.startswith(("echo", "printf")) for line in lines), "one command per line"
 
 
 def test_the_readme_python_block_runs_as_written(readme_home: Path) -> None:
-    (code,) = blocks("python")
+    code = blocks("python")[0]  # the API example; the OpenAI-client one needs a running server
     env = {**os.environ, "EDGECHAT_HOME": str(readme_home)}
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=readme_home, timeout=300
@@ -90,6 +90,9 @@ def test_every_readme_shell_line_runs_on_the_default_model(readme_home: Path, tm
         words = [{"NAME": "smollm2-135m", "TITLE": "Renamed"}.get(w, w) for w in words]
         assert words[0] == "edgechat", line
         args = words[1:] + QUICK.get(words[1], []) + (["--yes"] if words[1:3] == ["conversations", "delete"] else [])
+        if args[0] == "serve":  # runs until stopped: it must come up and stop cleanly
+            _serve_until_ready(args, readme_home)
+            continue
         r = run_cli(*args, home=readme_home, input=stdin, cwd=readme_home)
         assert r.returncode == 0, f"{line}\n{r.stderr}"
         assert "Traceback" not in r.stderr
@@ -103,6 +106,28 @@ def test_every_readme_shell_line_runs_on_the_default_model(readme_home: Path, tm
     assert 2 <= len([x for x in haiku.splitlines() if x.strip()]) <= 12
     ada = next(v for k, v in outputs.items() if "What is my name" in k)
     assert '"restored_from": "state"' in ada  # (a 135M model may still not remember the name)
+
+
+def _serve_until_ready(args: list[str], home: Path) -> None:
+    """Start `edgechat serve` on a free port, wait for its ready line, then SIGTERM it (exit 0)."""
+    env = {**os.environ, "EDGECHAT_HOME": str(home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgechat", *args, "--port", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=home,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("edgechat serving"):
+                break
+        assert seen and seen[-1].startswith("edgechat serving"), "".join(seen)
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_the_readme_prompts_do_not_loop_greedy(readme_home: Path) -> None:

@@ -350,9 +350,13 @@ def test_body_limit_and_full_queue(keyed: ServerProc) -> None:
     auth = {"Authorization": "Bearer s3cret"}
     big = _post(keyed.url, "/v1/chat/completions", _chat(("user", "x" * (2 << 20))), headers=auth)
     assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
-    body = _chat(("user", STORY), max_tokens=300, temperature=0, stream=True)
+    # A reply that keeps going (no loop for the loop guard to end): counting.
+    body = _chat(("user", "Count from 1 to 500, one number per line."), max_tokens=300, temperature=0, stream=True)
     with httpx.stream("POST", keyed.url + "/v1/chat/completions", json=body, headers=auth, timeout=60) as r:
-        next(r.iter_lines())  # the first reply is running: with --queue 0 there is no room for another
+        lines = r.iter_lines()
+        for _ in range(4):  # a few chunks in: the reply is running, and --queue 0 leaves no room for another
+            assert next(lines).startswith("data: {")
+            next(lines)  # the blank line after each event
         busy = _post(keyed.url, "/v1/chat/completions", _chat(("user", "hi"), max_tokens=1), headers=auth)
         assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
         assert busy.json()["error"]["code"] == "server_busy"
