@@ -205,3 +205,9 @@ def test_compaction_on_a_hybrid_never_shifts_the_cache(tiny_lfm2, tmp_path):
     compactions = [r.compaction for r in results if r.compaction is not None]
     assert compactions, "the conversation never outgrew its context"
     assert not any(c.shifted for c in compactions)
+
+
+def test_the_chat_ui_names_a_checkpoint_resume():
+    from edgechat.tui.figures import restore_phrase
+
+    assert restore_phrase("checkpoint", 0.01, 0.25).startswith("resumed from a checkpoint in")

@@ -154,21 +154,20 @@ def _opt_float(body: Mapping[str, Any], key: str, lo: float, hi: float) -> float
     return float(value)
 
 
-def _opt_bool(body: Mapping[str, Any], key: str) -> bool:
+def _opt_typed(body: Mapping[str, Any], key: str, kind: type, label: str) -> Any:
+    """The field's value when present and of `kind`, None when absent, else a 400."""
     value = body.get(key)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise _type_error(key, "a boolean", value)
+    if value is not None and not isinstance(value, kind):
+        raise _type_error(key, label, value)
     return value
 
 
+def _opt_bool(body: Mapping[str, Any], key: str) -> bool:
+    return bool(_opt_typed(body, key, bool, "a boolean"))
+
+
 def _opt_str(body: Mapping[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise _type_error(key, "a string", value)
+    value: str | None = _opt_typed(body, key, str, "a string")
     return value
 
 

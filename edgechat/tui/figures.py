@@ -65,6 +65,8 @@ def restore_phrase(source: str, restore_s: float, ttft_s: float) -> str:
         return f"resumed from memory in {duration(restore_s)}"
     if source == "state":
         return f"resumed from cache in {duration(restore_s)}"
+    if source == "checkpoint":  # restored, then rewound through a context checkpoint
+        return f"resumed from a checkpoint in {duration(ttft_s)}"
     if source == "transcript":
         return f"rebuilt from transcript in {duration(ttft_s)}"
     return ""
