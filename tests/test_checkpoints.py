@@ -211,3 +211,22 @@ def test_the_chat_ui_names_a_checkpoint_resume():
     from edgechat.tui.figures import restore_phrase
 
     assert restore_phrase("checkpoint", 0.01, 0.25).startswith("resumed from a checkpoint in")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_regenerate_in_a_new_process_prefills_only_the_header_and_keeps_the_old_reply(kind, model_paths, tmp_path):
+    home = tmp_path / "home"
+    with _runtime(model_paths[kind], home) as rt:
+        conv = rt.new_conversation()
+        for text in ("Tell me about rivers.", "And about lakes?", "Which is deeper?"):
+            old = conv.send(text, max_tokens=12, temperature=0)
+        cid = conv.id
+    with _runtime(model_paths[kind], home) as rt:
+        again = rt.conversation(cid).regenerate(max_tokens=12, temperature=0.8, seed=7).run()
+        messages = rt.conversation(cid).messages()
+    # A short Gemma conversation still fits its window, so a trim is exact there; hybrids never trim.
+    expected = {"dense": ("state",), "swa": ("state", "checkpoint")}.get(kind, ("checkpoint",))
+    assert again.stats.restored_from in expected, again.notices
+    assert again.stats.prefill_tokens <= 6, again.stats  # the generation header, not the history
+    replaced = [m for m in messages if m.replaced]
+    assert [m.content for m in replaced] == [old.text]
