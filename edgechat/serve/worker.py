@@ -46,7 +46,9 @@ class Job:
 class LlamaWorker:
     def __init__(self, max_queue: int) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgechat-llama")
-        self._lock = threading.Lock()
+        # Re-entrant: uvicorn calls stop_all from a signal handler on the loop's thread, which may
+        # be interrupted while it holds this lock in submit(); a plain Lock would deadlock there.
+        self._lock = threading.RLock()
         self._jobs: set[Job] = set()  # queued and running
         self._capacity = max_queue + 1  # the running job plus max_queue waiting
         self._closing = False
