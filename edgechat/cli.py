@@ -93,7 +93,7 @@ def _flash(value: str | None) -> bool | None:
     raise EdgechatError(f"--flash-attn {value!r} is not on, off or auto", "use --flash-attn on|off|auto")
 
 
-def _runtime(
+def _options(
     model: str | None = None,
     ctx: int | None = None,
     kv_type: str | None = None,
@@ -104,21 +104,20 @@ def _runtime(
     threads: int | None = None,
     budget_mb: int | None = None,
     compaction: str | None = None,
-    on_notice: Callable[[str], None] = _notice,
-    sampling: dict[str, Any] | None = None,
 ) -> Any:
+    """The engine options as the command line gave them (one value, checked, for the Runtime)."""
+    from .config import EngineOptions
+
+    return EngineOptions().given(
+        model=model, ctx=ctx, kv_type=kv_type, type_k=k_type, type_v=v_type, flash_attn=_flash(flash_attn),
+        gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb, compaction=compaction,
+    )  # fmt: skip
+
+
+def _runtime(options: Any, on_notice: Callable[[str], None] = _notice, sampling: dict[str, Any] | None = None) -> Any:
     from .session import Runtime
 
-    for name, value in (("--ctx", ctx), ("--budget-mb", budget_mb), ("--threads", threads)):
-        if value is not None and value < 1:
-            raise EdgechatError(
-                f"{name} {value} must be a positive number", f"give {name} a value above 0, or leave it out"
-            )
-    return Runtime(
-        model, home=_state["home"], kv_type=kv_type, type_k=k_type, type_v=v_type, ctx=ctx,
-        flash_attn=_flash(flash_attn), gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb,
-        compaction=compaction, on_notice=on_notice, sampling=sampling,
-    )  # fmt: skip
+    return Runtime(options=options, home=_state["home"], on_notice=on_notice, sampling=sampling)
 
 
 def _read_stdin() -> str:
@@ -207,7 +206,7 @@ def generate(
         from .shutdown import stop_on_signals
 
         with (
-            _runtime(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb) as rt,
+            _runtime(_options(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb)) as rt,
             stop_on_signals(exit=False) as sig,
         ):
             sampling = rt.sampling(
@@ -348,7 +347,9 @@ def send(
             raise EdgechatError("no message given", 'pass it as an argument, or "-" to read it from stdin')
         text = (_read_stdin() if message == "-" else message) or ""
         with (
-            _runtime(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction) as rt,
+            _runtime(
+                _options(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction)
+            ) as rt,
             stop_on_signals(exit=False) as sig,
         ):
             if new:
@@ -431,7 +432,7 @@ def chat(
         )  # fmt: skip
 
         def make(notice: Callable[[str], None]) -> Any:
-            rt = _runtime(**options, sampling=sampling, on_notice=notice)
+            rt = _runtime(_options(**options), sampling=sampling, on_notice=notice)
             first = not rt.store.conversations("")  # a first chat, on the default model: is there a better one?
             if first and model is None and not rt.defaults.model and not conversation and not cont:
                 from .fit import suggest_in_background
@@ -473,7 +474,9 @@ def serve(
         )  # fmt: skip
 
         def make_runtime() -> Any:
-            rt = _runtime(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction)
+            rt = _runtime(
+                _options(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction)
+            )
             # A server runs the model it was started with: a stored conversation's own model
             # does not switch it (a request's "model" field may, among the listed ones).
             rt.explicit_model = True

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .cli import BudgetOpt, CtxOpt, FaOpt, GpuOpt, JsonOpt, ModelOpt, ThreadsOpt, _guard, _runtime
+from .cli import BudgetOpt, CtxOpt, FaOpt, GpuOpt, JsonOpt, ModelOpt, ThreadsOpt, _guard, _options, _runtime
 from .errors import EdgechatError
 
 if TYPE_CHECKING:
@@ -136,7 +136,9 @@ def _opener(
         from .bench import LoadedModel
         from .state import model_fingerprint
 
-        with _runtime(model, n_ctx, None, spec.type_k, spec.type_v, flash_attn, gpu_layers, threads, budget_mb) as rt:
+        with _runtime(
+            _options(model, n_ctx, None, spec.type_k, spec.type_v, flash_attn, gpu_layers, threads, budget_mb)
+        ) as rt:
             engine = rt.load()
             sha = model_fingerprint(Path(engine.settings.model_path), rt.paths.fingerprint_cache)
             yield LoadedModel(engine, rt.model_name, sha)

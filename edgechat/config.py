@@ -102,6 +102,72 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class EngineOptions:
+    """How the user asked for a model to be loaded; None leaves the choice to config.toml, then
+    the planner.
+
+    One value travels from the command line (or the API) to the Runtime, so a reload with
+    other settings is `replace(options, **changed)` and nothing of one conversation's settings
+    can linger in the next runtime.
+    """
+
+    model: str | None = None
+    ctx: int | None = None
+    type_k: str | None = None
+    type_v: str | None = None
+    flash_attn: bool | None = None  # None: on exactly when the V cache is quantized
+    gpu_layers: str | int | None = None  # "auto", a layer count, -1 for all
+    threads: int | None = None  # None: chosen per turn from the machine's load
+    budget_mb: int | None = None
+    compaction: str | None = None
+    swa_full: bool = False
+
+    def given(self, *, kv_type: str | None = None, **given: Any) -> EngineOptions:
+        """These options with keyword options as the CLI and the API spell them (None: not
+        given); `kv_type` sets K and V alike unless `type_k`/`type_v` say otherwise."""
+        values = {k: v for k, v in given.items() if v is not None}
+        if kv_type is not None:
+            values.setdefault("type_k", kv_type)
+            values.setdefault("type_v", kv_type)
+        return replace(self, **values).checked()
+
+    def checked(self) -> EngineOptions:
+        """Itself, or a ConfigError naming the first bad value and what to use instead."""
+        for t in (self.type_k, self.type_v):
+            if t is not None and t not in KV_TYPES:
+                raise ConfigError(f"unknown KV cache type {t!r}", f"use one of {', '.join(KV_TYPES)}")
+        if self.compaction is not None and self.compaction not in COMPACTION_POLICIES:
+            raise ConfigError(f"unknown compaction policy {self.compaction!r}", f"use one of {COMPACTION_POLICIES}")
+        for name, value in (("--ctx", self.ctx), ("--budget-mb", self.budget_mb), ("--threads", self.threads)):
+            if value is not None and value < 1:
+                raise ConfigError(
+                    f"{name} {value} must be a positive number", f"give {name} a value above 0, or leave it out"
+                )
+        parse_gpu_layers(self.gpu_layers)
+        return self
+
+    def over(self, defaults: Defaults) -> EngineOptions:
+        """These options, with config.toml's values where they leave a choice open."""
+        return replace(
+            self,
+            model=self.model or defaults.model or None,
+            ctx=self.ctx or defaults.ctx,
+            type_k=self.type_k or defaults.kv_type,
+            type_v=self.type_v or defaults.kv_type,
+            gpu_layers=self.gpu_layers if self.gpu_layers is not None else defaults.gpu_layers,
+            threads=self.threads or defaults.threads,
+            budget_mb=self.budget_mb or defaults.budget_mb,
+            compaction=self.compaction or defaults.compaction,
+        )
+
+    @property
+    def kv_label(self) -> str:
+        """The KV cache type as asked ("auto": the planner picks)."""
+        k, v = self.type_k or "auto", self.type_v or self.type_k or "auto"
+        return k if k == v else f"{k}/{v}"
+
+
+@dataclass(frozen=True)
 class SamplingSettings:
     """How a reply is drawn; temperature 0 is greedy and reproducible.
 

@@ -15,7 +15,6 @@ import contextlib
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,9 +23,8 @@ from typing import Any, Literal, cast
 from . import compaction as compact
 from . import testhooks
 from .config import (
-    COMPACTION_POLICIES,
-    KV_TYPES,
     SAMPLING_KEYS,
+    EngineOptions,
     EngineSettings,
     SamplingSettings,
     check_sampling,
@@ -34,18 +32,16 @@ from .config import (
     parse_gpu_layers,
     resolve_paths,
 )
-from .engine import Checkpoint, Engine, Generation, Rewind, llama_build
-from .errors import BudgetError, BusyError, Cancelled, ConfigError, EdgechatError, StateError
+from .engine import Engine, Generation
+from .errors import BudgetError, BusyError, Cancelled, EdgechatError
 from .gguf_info import GGUFInfo, read_gguf
 from .lock import ConversationLock
 from .shutdown import StopEvent  # noqa: F401 - part of the API: a stop flag with a reason
 from .state import StateFiles, model_fingerprint
+from .state_cache import StateCache, common_prefix
 from .store import ConversationRecord, Message, NewMessage, Store
 
 Notice = Callable[[str], None]
-RAM_CACHE_BYTES = 512 << 20
-# Free RAM below this share of the total makes the runtime drop its in-RAM state cache.
-LOW_MEMORY_SHARE = 0.10
 # A streaming reply is written to the store this often (whichever comes first), so a process
 # that dies loses at most this much of it (scripts/bench_stream_writes.py: the cost to decode).
 STREAM_WRITE_S = 0.5
@@ -114,12 +110,17 @@ def kv_label(settings: EngineSettings) -> str:
 
 
 class Runtime:
-    """A loaded model plus the conversation store: what scripts and the UI hold on to."""
+    """A loaded model plus the conversation store: what scripts and the UI hold on to.
+
+    Engine options come as one `EngineOptions` value (`options=`) or as the keywords the API
+    has always taken (`kv_type=`, `ctx=`, ...); keywords beat the value's fields.
+    """
 
     def __init__(
         self,
         model: str | None = None,
         *,
+        options: EngineOptions | None = None,
         home: str | Path | None = None,
         kv_type: str | None = None,
         type_k: str | None = None,
@@ -130,38 +131,29 @@ class Runtime:
         budget_mb: int | None = None,
         compaction: str | None = None,
         flash_attn: bool | None = None,
-        swa_full: bool = False,
+        swa_full: bool | None = None,
         system_prompt: str | None = None,
         download: bool = True,
         lock_timeout_s: float | None = None,
         on_notice: Notice | None = None,
         sampling: dict[str, Any] | None = None,
     ) -> None:
+        # What the caller asked for; `load` adds config.toml's choices where these leave one open.
+        self.asked = (options or EngineOptions()).given(
+            model=model, kv_type=kv_type, type_k=type_k, type_v=type_v, ctx=ctx, gpu_layers=gpu_layers,
+            threads=threads, budget_mb=budget_mb, compaction=compaction, flash_attn=flash_attn, swa_full=swa_full,
+        )  # fmt: skip
+        self._home = home
         self.paths = resolve_paths(home)
         self.defaults = load_defaults(self.paths)
-        d = self.defaults
-        self.model_spec = canonical_spec(model or d.model or _registry_default(self.paths))
+        self.options = self.asked.over(self.defaults)
+        self.model_spec = canonical_spec(self.options.model or _registry_default(self.paths))
         # What new conversations start with; a turn of an older conversation may load its
         # own model (model_spec follows the loaded one), but that does not change this.
         self.default_model = self.model_spec
-        self.explicit_model = model is not None  # an explicit -m beats a conversation's own model
-        kv = kv_type or d.kv_type
-        self.type_k = type_k or kv
-        self.type_v = type_v or kv
-        for t in (self.type_k, self.type_v):
-            if t is not None and t not in KV_TYPES:
-                raise ConfigError(f"unknown KV cache type {t!r}", f"use one of {', '.join(KV_TYPES)}")
-        self.ctx = ctx or d.ctx
-        self.gpu_layers = gpu_layers if gpu_layers is not None else d.gpu_layers
-        self.threads = threads or d.threads
-        self.budget_mb = budget_mb or d.budget_mb
-        self.explicit_compaction = compaction  # beats the policy a conversation stored
-        self.compaction = compaction or d.compaction
-        if self.compaction not in COMPACTION_POLICIES:
-            raise ConfigError(f"unknown compaction policy {self.compaction!r}", f"use one of {COMPACTION_POLICIES}")
-        self.flash_attn = flash_attn
-        self.swa_full = swa_full
-        self.system_prompt = d.system_prompt if system_prompt is None else system_prompt
+        self.explicit_model = self.asked.model is not None  # an explicit -m beats a conversation's own model
+        self._system_prompt = system_prompt
+        self.system_prompt = self.defaults.system_prompt if system_prompt is None else system_prompt
         self.download = download
         self.lock_timeout_s = (
             lock_timeout_s if lock_timeout_s is not None else float(os.environ.get("EDGECHAT_LOCK_TIMEOUT", "30"))
@@ -173,15 +165,58 @@ class Runtime:
         )
         self.store = Store(self.paths.db_path)
         self.states = StateFiles(self.paths.states_dir)
+        self.cache = StateCache(self.states, lambda msg: self.on_notice(msg))
         self.engine: Engine | None = None
         self.model_name = ""
         self.plan: Any = None
-        self._fingerprint = ""
-        self._owner: str | None = None  # the conversation whose tokens fill the live cache
-        self._ram: OrderedDict[str, _RamState] = OrderedDict()
-        self._ram_limit = RAM_CACHE_BYTES
         self._turn_lock = threading.RLock()
         self._streaming: object | None = None  # the turn or generation now holding the live cache
+
+    def with_options(self, **changed: Any) -> Runtime:
+        """A new runtime like this one (home, notices, sampling, system prompt) whose asked-for
+        engine options differ by `changed`: how the UI reloads with other settings."""
+        return Runtime(
+            options=replace(self.asked, **changed), home=self._home, system_prompt=self._system_prompt,
+            download=self.download, lock_timeout_s=self.lock_timeout_s, on_notice=self.on_notice,
+            sampling=self.sampling_overrides,
+        )  # fmt: skip
+
+    def refresh_defaults(self) -> None:
+        """Re-read config.toml (the user saved new defaults): options and the system prompt follow
+        it from the next load and the next new conversation."""
+        self.defaults = load_defaults(self.paths)
+        self.options = self.asked.over(self.defaults)
+        if self._system_prompt is None:
+            self.system_prompt = self.defaults.system_prompt
+
+    @property
+    def explicit_compaction(self) -> str | None:
+        """A compaction policy given for this runtime beats the one a conversation stored."""
+        return self.asked.compaction
+
+    @property
+    def compaction(self) -> str:
+        return self.options.compaction or "summarize"
+
+    # what the UI and the server show -----------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self.engine is not None
+
+    @property
+    def kv_type(self) -> str:
+        """The KV cache type in use, or as asked for before a model is loaded ("auto": the planner picks)."""
+        return kv_label(self.engine.settings) if self.engine is not None else self.options.kv_label
+
+    @property
+    def context_limit(self) -> int:
+        """The live context's size in tokens (0 before a model is loaded)."""
+        return self.engine.n_ctx if self.engine is not None else 0
+
+    def kv_bytes(self) -> int:
+        """The live KV cache's bytes (0 before a model is loaded)."""
+        return self.engine.kv_bytes() if self.engine is not None else 0
 
     # lifecycle ------------------------------------------------------------------------
 
@@ -192,10 +227,15 @@ class Runtime:
         self.close()
 
     def close(self) -> None:
+        self.unload()
+        self.store.close()
+
+    def unload(self) -> None:
+        """Free the model and its context (the store stays open); the next turn loads again."""
         if self.engine is not None:
             self.engine.close()
             self.engine = None
-        self.store.close()
+        self.cache.claim(None)
 
     def load(self, model: str | None = None, *, conversation: str | None = None) -> Engine:
         """Resolve, plan and load the model (once; again only when a different one is asked for).
@@ -211,8 +251,8 @@ class Runtime:
         resolved = resolve_model(spec, self.paths, download=self.download)
         info = read_gguf(resolved.path)
         settings = None
-        no_kv_asked = self.type_k is None and self.type_v is None
-        state_types = self._saved_types(conversation) if conversation and no_kv_asked else None
+        no_kv_asked = self.options.type_k is None and self.options.type_v is None
+        state_types = self.cache.saved_types(conversation) if conversation and no_kv_asked else None
         if state_types is not None:
             with contextlib.suppress(BudgetError):  # the saved types no longer fit: the planner chooses
                 settings = self._settings_for(resolved.path, info, state_types)
@@ -221,37 +261,37 @@ class Runtime:
         if self.engine is not None:
             self.engine.close()
             self.engine = None
-            self._owner = None
-            self._ram.clear()
+        self.cache.bind("", 0)
         self.engine = Engine(settings, info)
         self.model_spec = spec
         self.model_name = resolved.name
-        self._fingerprint = model_fingerprint(resolved.path, self.paths.fingerprint_cache)
+        p = self.plan
+        # The in-RAM cache of other conversations' states lives inside the budget too.
+        room = (p.budget - p.total) if p.budget is not None else (p.budget_ram - p.total_cpu)
+        self.cache.bind(model_fingerprint(resolved.path, self.paths.fingerprint_cache), room)
         return self.engine
 
     def _settings_for(self, path: Path, info: GGUFInfo, kv_types: tuple[str, str] | None = None) -> EngineSettings:
         """Size the context, KV cache and offload to the budget (planner), honouring explicit options."""
         from . import planner
 
-        gpu_layers = cast('Literal["auto"] | int', parse_gpu_layers(self.gpu_layers))
-        type_k, type_v = kv_types or (self.type_k, self.type_v)
+        o = self.options
+        gpu_layers = cast('Literal["auto"] | int', parse_gpu_layers(o.gpu_layers))
+        type_k, type_v = kv_types or (o.type_k, o.type_v)
         self.plan = planner.plan(
             info,
-            n_ctx=self.ctx,
+            n_ctx=o.ctx,
             type_k=type_k,
             type_v=type_v,
-            flash_attn=self.flash_attn,
+            flash_attn=o.flash_attn,
             gpu_layers=gpu_layers,
-            budget_bytes=self.budget_mb * (1 << 20) if self.budget_mb else None,
-            swa_full=self.swa_full,
+            budget_bytes=o.budget_mb * (1 << 20) if o.budget_mb else None,
+            swa_full=o.swa_full,
         )
         p = self.plan
-        # The in-RAM cache of other conversations' states lives inside the budget too.
-        room = (p.budget - p.total) if p.budget is not None else (p.budget_ram - p.total_cpu)
-        self._ram_limit = max(0, min(RAM_CACHE_BYTES, room))
         if p.compromises:
             self.on_notice(f"{p.model}: " + "; ".join(p.compromises))
-        return p.engine_settings(str(path), threads=self.threads, seed=0)
+        return p.engine_settings(str(path), threads=o.threads, seed=0)
 
     # conversations --------------------------------------------------------------------
 
@@ -291,10 +331,7 @@ class Runtime:
         cid = self.store.conversation(cid).id
         with ConversationLock(self.paths.data_dir / "locks", cid, self.lock_timeout_s) as lock:
             self.store.delete_conversation(cid)
-            self.states.delete(cid)
-            self._ram.pop(cid, None)
-            if self._owner == cid:
-                self._owner = None
+            self.cache.forget(cid)
             lock.discard()
 
     # stateless generation -------------------------------------------------------------
@@ -337,159 +374,12 @@ class Runtime:
         except EdgechatError:
             return {}  # an unknown name fails at load, with its own message
 
-    # the caches -----------------------------------------------------------------------
-
-    def _restore(self, cid: str, engine: Engine, tokens: list[int], has_history: bool) -> str:
-        """Put the conversation's KV state in the live cache from the cheapest valid source, then
-        bring it back to the longest exact prefix of `tokens`; returns what really supplied it."""
-        source = self._load_cache(cid, engine, tokens, has_history)
-        if source in ("new", "transcript"):
-            return source
-        return self._settle(source, engine.prepare(tokens), cid)
-
-    def _settle(self, source: str, rewind: Rewind | None, cid: str) -> str:
-        """The cache source after a rewind: a restored state that had to be thrown away is the transcript."""
-        if rewind is None or source in ("new", "transcript"):
-            return source
-        if rewind.problem:
-            self.on_notice(f"checkpoint of conversation {cid} not used ({rewind.problem}); re-reading the history")
-        if rewind.how == "clear":
-            return "transcript"
-        return "checkpoint" if rewind.how == "checkpoint" else source
-
-    def _load_cache(self, cid: str, engine: Engine, tokens: list[int], has_history: bool) -> str:
-        if self._owner == cid and engine.common_prefix(tokens) > 0:
-            return "memory"
-        if self._owner is not None and self._owner != cid and engine.n_cached:
-            self._remember(self._owner, engine)
-        self._owner = None
-        if cid in self._ram:
-            ram = self._ram.pop(cid)
-            if _common_prefix(ram.tokens, tokens) > 0:
-                try:
-                    engine.set_state_bytes(ram.data, ram.tokens, ram.checkpoints)
-                    self._owner = cid
-                    return "memory"
-                except StateError:
-                    pass
-        if not has_history:
-            self._owner = cid
-            return "new"
-        header = None
-        try:
-            header = self.states.read_header(cid, missing_ok=True)
-            if header is not None:
-                if header.conversation_id != cid:
-                    raise StateError(f"the state file belongs to another conversation ({header.conversation_id})")
-                s = engine.settings
-                header.check_compatible(
-                    fingerprint=self._fingerprint, type_k=s.type_k, type_v=s.type_v,
-                    flash_attn=s.use_flash_attn, build=llama_build(),
-                )  # fmt: skip
-                if _common_prefix(header.tokens, tokens) == 0:
-                    raise StateError("the saved state does not match the transcript")
-                if len(header.tokens) > engine.n_ctx:
-                    raise StateError(f"the saved state holds {len(header.tokens)} tokens, more than this context")
-                payload = self.states.verified_payload(header)
-                engine.load_state(payload, header.tokens, self.states.checkpoints(header))
-                self._owner = cid
-                return "state"
-        except StateError as exc:
-            self.on_notice(
-                f"saved state of conversation {cid} not used ({exc.message}); rebuilding it from the transcript"
-            )
-            self.states.delete(cid)
-        self._owner = cid
-        return "transcript"
-
-    def _remember(self, cid: str, engine: Engine) -> None:
-        """Keep a conversation's live state in RAM so switching back is a copy, not a prefill."""
-        self._ram.pop(cid, None)
-        room = self._ram_room()
-        if engine.kv_bytes() + sum(ck.size for ck in engine.checkpoints) > room:
-            return
-        self._ram[cid] = _RamState(engine.cached_tokens, engine.state_bytes(), _in_ram(engine.checkpoints))
-        self._shrink_ram_cache(room)
-
     def ram_cache_bytes(self) -> int:
-        return sum(v.size for v in self._ram.values())
-
-    def _ram_room(self) -> int:
-        """What the in-RAM state cache may hold now: its share of the budget, and never more
-        than the machine has free above a floor (LOW_MEMORY_SHARE of its RAM)."""
-        from .memory import probe
-
-        snap = probe(gpus=False)
-        spare = snap.ram_available + self.ram_cache_bytes() - int(snap.ram_total * LOW_MEMORY_SHARE)
-        return max(0, min(self._ram_limit, spare))
-
-    def _shrink_ram_cache(self, room: int) -> int:
-        """Drop the least recently used states until the cache fits `room`; returns bytes freed."""
-        freed = 0
-        while self._ram and self.ram_cache_bytes() > room:
-            _cid, dropped = self._ram.popitem(last=False)
-            freed += dropped.size
-        return freed
+        """Bytes of other conversations' states parked in RAM."""
+        return self.cache.ram_bytes()
 
     def check_memory(self) -> None:
-        """Before a turn: re-read free RAM and, when it has fallen, shrink the in-RAM state cache
-        first (the live KV cache is allocated once, at load), rather than let the OS swap."""
-        if not self._ram:
-            return
-        freed = self._shrink_ram_cache(self._ram_room())
-        if freed:
-            self.on_notice(f"low memory: dropped {freed / 2**20:.0f} MiB of cached conversation states")
-
-    def _saved_types(self, cid: str) -> tuple[str, str] | None:
-        """The K/V types of a conversation's saved state, if it has a readable one."""
-        try:
-            header = self.states.read_header(cid, missing_ok=True)
-        except StateError:
-            return None
-        return (header.type_k, header.type_v) if header is not None else None
-
-    def _save_state(self, cid: str, engine: Engine) -> tuple[float, int]:
-        t = time.perf_counter()
-        s = engine.settings
-        try:
-            header = self.states.save(
-                cid, engine.cached_tokens, engine.save_state, engine.checkpoints,
-                model_fingerprint=self._fingerprint, type_k=s.type_k, type_v=s.type_v,
-                flash_attn=s.use_flash_attn, llama_build=llama_build(),
-            )  # fmt: skip
-        except StateError as exc:
-            self.on_notice(f"{exc}")
-            return time.perf_counter() - t, 0
-        return time.perf_counter() - t, header.payload_size
-
-
-@dataclass(frozen=True)
-class _RamState:
-    """A conversation's cache parked in RAM while another one uses the live context."""
-
-    tokens: list[int]
-    data: bytes
-    checkpoints: tuple[Checkpoint, ...]
-
-    @property
-    def size(self) -> int:
-        return len(self.data) + sum(ck.size for ck in self.checkpoints)
-
-
-def _in_ram(checkpoints: Sequence[Checkpoint]) -> tuple[Checkpoint, ...]:
-    """Copies whose bytes live in memory (a file-backed checkpoint may be replaced on disk later)."""
-    out = []
-    for ck in checkpoints:
-        try:
-            data = ck.load()
-        except StateError:
-            continue
-        out.append(replace(ck, load=_constant(data)))
-    return tuple(out)
-
-
-def _constant(data: bytes) -> Callable[[], bytes]:
-    return lambda: data
+        self.cache.check_memory()
 
 
 def checkpoint_points(engine: Engine, chat: Sequence[dict[str, str]], tokens: Sequence[int]) -> tuple[int, ...]:
@@ -503,7 +393,7 @@ def checkpoint_points(engine: Engine, chat: Sequence[dict[str, str]], tokens: Se
         if not head:
             continue
         try:
-            points.append(_common_prefix(engine.chat_tokens(head, add_generation_prompt=add_header), tokens))
+            points.append(common_prefix(engine.chat_tokens(head, add_generation_prompt=add_header), tokens))
         except EdgechatError:  # a template that refuses a partial conversation: no checkpoint there
             continue
     return tuple(sorted({p for p in points if 0 < p < len(tokens)}))
@@ -514,15 +404,6 @@ def _registry_default(paths: Any) -> str:
     from .registry import Registry
 
     return Registry.load(paths).default_name
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def canonical_spec(spec: str) -> str:
@@ -856,7 +737,7 @@ class TurnStream:
         failure: BaseException | None = None
         try:
             testhooks.kill_point("restore")
-            source = rt._restore(cid, engine, tokens, has_history=bool(history))
+            source = rt.cache.restore(cid, engine, tokens, has_history=bool(history))
             restore_s = time.perf_counter() - t0
             self.on_event("restored", {"source": source, "seconds": restore_s})
             if cut is not None:
@@ -916,11 +797,11 @@ class TurnStream:
         )  # fmt: skip
         save_s, state_bytes = 0.0, 0
         if final_reason == "error":
-            rt._owner = None  # a failed decode leaves the cache in doubt: the next turn restores afresh
+            rt.cache.claim(None)  # a failed decode leaves the cache in doubt: the next turn restores afresh
         else:
             testhooks.kill_point("save")
-            save_s, state_bytes = rt._save_state(cid, engine)
-            rt._owner = cid
+            save_s, state_bytes = rt.cache.save(cid, engine)
+            rt.cache.claim(cid)
         if failure is not None and not isinstance(failure, Cancelled):
             raise failure  # GeneratorExit must end the generator; Ctrl-C and errors go on to the caller
         st = gen.stats if gen is not None else None
@@ -928,7 +809,7 @@ class TurnStream:
             text=text,
             stats=TurnStats(
                 conversation_id=cid,
-                restored_from=rt._settle(source, gen.rewind if gen is not None else None, cid),
+                restored_from=rt.cache.settle(source, gen.rewind if gen is not None else None, cid),
                 prefill_tokens=gen.prefill_tokens if gen is not None else 0,
                 completion_tokens=n_tokens,
                 context_tokens=engine.n_cached,
@@ -1042,7 +923,7 @@ class TurnStream:
         if not engine.can_shift or engine.n_cached == 0:
             return False
         cached = engine.cached_tokens
-        start = _common_prefix(cached, new_tokens)
+        start = common_prefix(cached, new_tokens)
         width = min(16, len(new_tokens) - start)
         if width <= 0:
             return False
@@ -1080,9 +961,7 @@ class GenerateStream:
         rt = self.rt
         with rt._turn_lock, _exclusive(rt, self):
             engine = rt.load()
-            if rt._owner is not None and engine.n_cached:
-                rt._remember(rt._owner, engine)
-            rt._owner = None
+            rt.cache.park(engine)
             if self.raw:
                 tokens = engine.tokenize(self.prompt, add_bos=True, special=False)
             else:

@@ -145,8 +145,8 @@ def test_crash_harness_kills_every_phase_and_loses_nothing(home, smollm2, tmp_pa
                 assert last["content"], "the reply streamed before the kill is kept"
             # The next send succeeds, from the state file or the transcript (never from this
             # process's memory), and answers as a run that never saw a kill.
-            rt._owner = None
-            rt._ram.clear()
+            rt.cache.claim(None)
+            rt.cache.drop_ram()
             if i % 5 == 4:  # now and then without a state file: the transcript rebuilds the cache
                 rt.states.delete(cid)
             nxt_text = f"Reply {i}: thanks."

@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,7 @@ from textual.screen import ModalScreen, Screen
 from textual.theme import Theme
 from textual.widgets import Footer
 
-from ..config import load_defaults, save_default
+from ..config import save_default
 from ..errors import EdgechatError
 from ..memory import MemorySnapshot, probe
 from ..registry import resolve_model
@@ -232,10 +232,10 @@ class EdgechatApp(App[None]):
         rt = self.runtime
         # What a conversation without engine settings of its own runs with: the command line's
         # and config.toml's choices, not those of the conversation opened before it.
-        self._base_engine = {key: getattr(rt, key) for key in ENGINE_ATTRS}
+        self._base_engine = {key: getattr(rt.options, key) for key in ENGINE_ATTRS}
         self.theme = self._theme_choice = pick_theme(rt.defaults.theme, self.available_themes, os.environ)
         self.theme_changed_signal.subscribe(self, self._remember_theme)
-        self.status.update(model=model_label(rt.model_spec), kv_type=_kv_label(rt))
+        self.status.update(model=model_label(rt.model_spec), kv_type=rt.kv_type)
         await self._open_initial()
         if self.autoload and not self.loading:
             record = rt.store.conversation(self.conversation_id) if self.conversation_id else None
@@ -348,7 +348,7 @@ class EdgechatApp(App[None]):
         wanted = _engine_overrides(rt, settings, self._base_engine)
         if wanted:
             self.load_model(spec=model, overrides=wanted)
-        elif rt.engine is not None and model not in (rt.model_spec, rt.model_name):
+        elif rt.loaded and model not in (rt.model_spec, rt.model_name):
             self.load_model(spec=model)
 
     @on(ConversationList.Opened)
@@ -529,7 +529,7 @@ class EdgechatApp(App[None]):
         self._fresh = False
         self.turn = turn
         self.status.update(
-            activity="loading model…" if self.loading or rt.engine is None else "thinking…",
+            activity="loading model…" if self.loading or not rt.loaded else "thinking…",
             activity_since=time.perf_counter(),
         )
         await self.chat_log.add(*views)
@@ -598,7 +598,7 @@ class EdgechatApp(App[None]):
                 if first:
                     first = False
                     self.post_message(self.TurnEvent(turn, "first_token", None))
-            kv = rt.engine.kv_bytes() if rt.engine is not None else 0
+            kv = rt.kv_bytes()
             self.post_message(self.TurnFinished(turn, stream.reply, kv, None))
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a notification
             self.post_message(self.TurnFinished(turn, None, 0, self.as_error(exc)))
@@ -727,14 +727,9 @@ class EdgechatApp(App[None]):
             if overrides is not None:
                 old = self.runtime
                 assert old is not None
-                fresh = self.make_runtime(self._core_notice)
+                fresh = old.with_options(**overrides)
                 fresh.model_spec = spec or old.model_spec
-                fresh.explicit_model = old.explicit_model
-                for key, value in overrides.items():
-                    setattr(fresh, key, value)
-                if old.engine is not None:  # free its memory before the new context is allocated
-                    old.engine.close()
-                    old.engine = None
+                old.unload()  # free its memory before the new context is allocated
                 # A turn queued behind this load must see the new runtime. The old one is closed
                 # on the UI thread, which may still be reading its store until then.
                 self.runtime, retired = fresh, old
@@ -791,12 +786,12 @@ class EdgechatApp(App[None]):
 
     def _model_status(self) -> None:
         rt = self.runtime
-        if rt is None or rt.engine is None:
+        if rt is None or not rt.loaded:
             return
         plan = rt.plan
-        budget = rt.budget_mb or (plan.budget_ram >> 20 if plan is not None else None)
+        budget = rt.options.budget_mb or (plan.budget_ram >> 20 if plan is not None else None)
         self.status.update(
-            model=model_label(rt.model_name or rt.model_spec), kv_type=_kv_label(rt), ctx_limit=rt.engine.n_ctx,
+            model=model_label(rt.model_name or rt.model_spec), kv_type=rt.kv_type, ctx_limit=rt.context_limit,
             budget_mb=budget, vram_budget_mb=plan.budget_gpu >> 20 if plan is not None and plan.budget_gpu else None,
         )  # fmt: skip
 
@@ -916,10 +911,10 @@ class EdgechatApp(App[None]):
             system_prompt=str(stored.get("system_prompt", rt.system_prompt) or ""),
             temperature=d.temperature,
             max_tokens=d.max_tokens,
-            ctx=rt.ctx,
-            kv_type=rt.type_k or "auto",
-            gpu_layers=str(rt.gpu_layers if rt.gpu_layers is not None else "auto"),
-            budget_mb=rt.budget_mb,
+            ctx=rt.options.ctx,
+            kv_type=rt.options.type_k or "auto",
+            gpu_layers=str(rt.options.gpu_layers if rt.options.gpu_layers is not None else "auto"),
+            budget_mb=rt.options.budget_mb,
             compaction=str(stored.get("compaction", rt.compaction)),
         )
         self.push_screen(
@@ -951,10 +946,8 @@ class EdgechatApp(App[None]):
                 for key, value in {**chat, "ctx": v.ctx, "kv_type": kv_type, "gpu_layers": v.gpu_layers,
                                    "budget_mb": v.budget_mb}.items():  # fmt: skip
                     save_default(rt.paths, key, value)  # None (automatic) removes the key
-                rt.defaults = load_defaults(rt.paths)
+                rt.refresh_defaults()
                 self._base_engine = _runtime_overrides(v.ctx, v.kv_type, v.gpu_layers, v.budget_mb)
-                rt.system_prompt = v.system_prompt
-                rt.compaction = v.compaction
         except EdgechatError as exc:
             self.show_error(exc)
             return
@@ -1026,15 +1019,6 @@ class EdgechatApp(App[None]):
             yield SystemCommand(title, help_text, callback)
 
 
-def _kv_label(rt: Runtime) -> str:
-    """The KV cache type in use, or as asked for before the model is loaded (None: the planner picks)."""
-    if rt.engine is not None:
-        k, v = rt.engine.settings.type_k, rt.engine.settings.type_v
-    else:
-        k, v = rt.type_k or "auto", rt.type_v or rt.type_k or "auto"
-    return k if k == v else f"{k}/{v}"
-
-
 def _runtime_overrides(ctx: int | None, kv_type: str, gpu_layers: str, budget_mb: int | None) -> dict[str, Any]:
     """Settings-screen values as Runtime attributes."""
     kv = None if kv_type == "auto" else kv_type
@@ -1054,15 +1038,17 @@ def _engine_overrides(rt: Runtime, settings: dict[str, Any], base: dict[str, Any
     """
     if any(k in settings for k in ("ctx", "kv_type", "gpu_layers", "budget_mb")):
         wanted = _runtime_overrides(
-            settings.get("ctx"), str(settings.get("kv_type", rt.type_k or "auto")),
-            str(settings.get("gpu_layers", rt.gpu_layers)), settings.get("budget_mb"),
+            settings.get("ctx"), str(settings.get("kv_type", rt.options.type_k or "auto")),
+            str(settings.get("gpu_layers", rt.options.gpu_layers)), settings.get("budget_mb"),
         )  # fmt: skip
     else:
         wanted = dict(base)
-    current = {k: getattr(rt, k) for k in wanted}
+    current = {k: getattr(rt.options, k) for k in wanted}
     if str(current["gpu_layers"]) == str(wanted["gpu_layers"]):
         wanted["gpu_layers"] = current["gpu_layers"]
-    return wanted if wanted != current else {}
+    # What a reload would run with: "automatic" (None) falls back to config.toml, as at start-up.
+    would = replace(rt.asked, **wanted).over(rt.defaults)
+    return wanted if {k: getattr(would, k) for k in wanted} != current else {}
 
 
 def _compaction_text(result: Any) -> str:
