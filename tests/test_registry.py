@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from importlib import resources
@@ -66,17 +67,20 @@ def test_every_shipped_entry_is_complete(paths: Paths):
 
 def test_list_models_rows(paths: Paths):
     rows = list_models(Registry.load(paths), paths)
-    assert rows[0]["name"] == "smollm2-135m" and rows[0]["default"] is True
+    assert rows[0].name == "smollm2-135m" and rows[0].default is True
     for row in rows:
-        assert {"name", "default_quant", "file", "size", "downloaded", "context_length", "note", "source"} <= set(row)
-        assert row["downloaded"] is False and row["size"] is None
-    (smol,) = [r for r in rows if r["name"] == "smollm2-135m"]
-    assert smol["source"] == "pypi"
+        assert row.downloaded is False and row.size is None and row.path is None
+        assert row.quant == row.default_quant and row.quant in row.quants
+        assert row.fit is None  # no fits table given
+    (smol,) = [r for r in rows if r.name == "smollm2-135m"]
+    assert smol.source == "pypi" and smol.repo is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        smol.downloaded = True  # type: ignore[misc]
     path = paths.models_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"GGUF" + bytes(60))
-    (smol,) = [r for r in list_models(Registry.load(paths), paths) if r["name"] == "smollm2-135m"]
-    assert smol["downloaded"] is True and smol["size"] == 64
+    (smol,) = [r for r in list_models(Registry.load(paths), paths) if r.name == "smollm2-135m"]
+    assert smol.downloaded is True and smol.size == 64 and smol.path == str(path)
 
 
 # -- user overrides -----------------------------------------------------------------------------
