@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import tomllib
 from importlib import resources
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from hypothesis import strategies as st
 from edgechat.config import Paths, resolve_paths
 from edgechat.errors import ConfigError, ModelError
 from edgechat.registry import Registry, list_models, parse_spec, resolve_model
+
+from .conftest import ROOT
 
 PACKAGED = resources.files("edgechat").joinpath("models.toml").read_text(encoding="utf-8")
 
@@ -32,6 +35,19 @@ def user_file(paths: Paths, text: str) -> Path:
 
 
 # -- the shipped registry -----------------------------------------------------------------------
+
+
+def test_the_packaged_registry_is_the_top_level_models_toml(paths: Paths):
+    """models.toml lives at the repository's top level (it is data); the package carries it through a
+    symlink, which setuptools follows into the wheel and the sdist as a plain file."""
+    top = ROOT / "models.toml"
+    packaged = resources.files("edgechat").joinpath("models.toml")
+    assert packaged.read_bytes() == top.read_bytes()
+    assert Registry.load(paths).sources[0] == str(packaged)  # what the registry loads is that file
+    link = ROOT / "edgechat" / "models.toml"
+    assert link.is_symlink() and os.readlink(link) == "../models.toml"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "models.toml" in pyproject["tool"]["setuptools"]["package-data"]["edgechat"]
 
 
 def test_shipped_registry_has_laptop_chat_models_and_the_test_models(paths: Paths):
