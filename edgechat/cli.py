@@ -641,7 +641,7 @@ def models_list(budget_mb: BudgetOpt = None, json_out: JsonOpt = False) -> None:
         registry = Registry.load(paths)
         rows = list_models(registry, paths, fits_table(registry, paths, (budget_mb or 0) * (1 << 20) or None))
         if json_out:
-            print(json.dumps(rows, default=str))
+            print(json.dumps([asdict(r) for r in rows], default=str))
             return
         from rich.console import Console
         from rich.table import Table
@@ -649,12 +649,11 @@ def models_list(budget_mb: BudgetOpt = None, json_out: JsonOpt = False) -> None:
         cells = []
         estimated = False
         for r in rows:
-            estimated = estimated or bool(r.get("fit_estimated"))
+            estimated = estimated or bool(r.fit_estimated)
             cells.append([
-                str(r.get("name")) + (" *" if r.get("default") else ""), str(r.get("quant", "")),
-                "yes" if r.get("downloaded") else "", str(r.get("fit", "")),
-                f"{r['fit_context']:,}" if r.get("fit_context") else "-",
-                _size(r.get("download_bytes"), bool(r.get("download_estimated"))), str(r.get("note", "")),
+                r.name + (" *" if r.default else ""), r.quant, "yes" if r.downloaded else "", r.fit or "",
+                f"{r.fit_context:,}" if r.fit_context else "-",
+                _size(r.download_bytes, bool(r.download_estimated)), r.note,
             ])  # fmt: skip
         console = Console()
         heads = ("name", "quant", "here", "fit", "context", "download")
@@ -693,11 +692,13 @@ def models_pull(
 
     def body() -> None:
         from .config import private_dir, resolve_paths
+        from .download_bar import DownloadBar
         from .registry import pull
 
         paths = resolve_paths(_state["home"])
         private_dir(paths.data_dir)  # a pull may be the first thing to create it
-        path = pull(name, paths, quant=quant)
+        with DownloadBar(name) as bar:
+            path = pull(name, paths, quant=quant, progress=bar, notice=_notice)
         print(path)
 
     _guard(body)

@@ -1,7 +1,9 @@
 """The only module that imports llama_cpp: load, template, prefix reuse, stream, KV edits, state files.
 
 It owns one `llama_cpp.Llama` and keeps `input_ids`/`n_tokens` in step with the KV cache
-after every manual edit, because llama-cpp-python trusts them blindly.
+after every manual edit, because llama-cpp-python trusts them blindly. Other modules that
+need llama.cpp ask here: memory.py and the planner (`supports_gpu_offload`, `ggml_devices`),
+kv_eval.py for logits at every position (`AllLogitsDecoder`); tests/test_layout.py keeps it so.
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import KV_TYPES, EngineSettings, SamplingSettings
 from .errors import Cancelled, ConfigError, EdgechatError, ModelError, StateError
 from .gguf_info import GGUFInfo, read_gguf
 from .loop_guard import LoopGuard
+from .planner import pad_ctx
 from .threads import ThreadControl
 
-CTX_PAD = 256
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
 _GGML_TYPE = {"f16": 1, "q4_0": 2, "q8_0": 8}
 # Plain-text turns for models without a chat template (base models such as Gemma 3 270M).
 FALLBACK_TEMPLATE = (
@@ -152,6 +158,52 @@ def supports_gpu_offload() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+GGML_DEV_CPU, GGML_DEV_GPU, GGML_DEV_IGPU, GGML_DEV_ACCEL = range(4)  # enum ggml_backend_dev_type
+
+
+@dataclass(frozen=True)
+class GgmlDevice:
+    """One device of the llama.cpp build in use, as ggml's backend registry lists it, with its memory now."""
+
+    kind: int  # GGML_DEV_CPU, GGML_DEV_GPU, ...
+    description: str
+    free: int  # bytes
+    total: int
+
+
+def ggml_devices() -> tuple[GgmlDevice, ...]:
+    """Every device ggml can use (CUDA, ROCm, Vulkan, SYCL..., the CPU too); raises when it cannot ask.
+
+    llama-cpp-python 0.3.36 does not bind `ggml_backend_dev_*` in its Python API, but
+    `llama_cpp._ggml` already loads libggml, which exports them, so the prototypes are
+    declared here (ggml-backend.h).
+    """
+    from llama_cpp import _ggml
+
+    lib = _ggml.libggml
+    lib.ggml_backend_dev_count.argtypes = []
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_type.restype = ctypes.c_int
+    lib.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_description.restype = ctypes.c_char_p
+    size_p = ctypes.POINTER(ctypes.c_size_t)
+    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
+    lib.ggml_backend_dev_memory.restype = None
+    out: list[GgmlDevice] = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        if not dev:
+            continue
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        desc = (lib.ggml_backend_dev_description(dev) or b"").decode(errors="replace")
+        out.append(GgmlDevice(int(lib.ggml_backend_dev_type(dev)), desc, free.value, total.value))
+    return tuple(out)
+
+
 def default_threads() -> int:
     """Physical cores: llama-cpp-python's own default (half the logical CPUs) starves a 2-core box."""
     try:
@@ -183,7 +235,7 @@ class Engine:
         _validate(settings)
         # llama.cpp pads n_ctx to a multiple of 256 (llama-context.cpp, n_ctx_seq) but
         # llama-cpp-python sizes its token buffer by the unpadded value: ask for the padded one.
-        settings = replace(settings, n_ctx=-(-settings.n_ctx // CTX_PAD) * CTX_PAD)
+        settings = replace(settings, n_ctx=pad_ctx(settings.n_ctx))
         self.settings = settings
         self.info = info or read_gguf(settings.model_path)
         self.lock = threading.RLock()
@@ -640,6 +692,54 @@ class Engine:
         self.llm.n_tokens = len(tokens)
         self.llm._requires_eval = True
         self.checkpoints = sorted((ck for ck in checkpoints if ck.n_tokens <= len(tokens)), key=lambda c: c.n_tokens)
+
+
+class AllLogitsDecoder:
+    """Decodes consecutive chunks into an engine's seq 0 keeping the logits of every token (kv-eval).
+
+    `Engine` keeps only the last row, which is all generation needs; perplexity and KL need
+    a row per position, so this builds its own `llama_batch` with every logits flag set and
+    reads `llama_get_logits` directly. It bypasses the engine's token bookkeeping, so the
+    engine is cleared when it starts and again at `close`.
+    """
+
+    def __init__(self, engine: Engine, capacity: int) -> None:
+        self.engine = engine
+        self.n_vocab = int(engine.llm.n_vocab())
+        self.capacity = capacity
+        self._batch = engine._lc.llama_batch_init(capacity, 0, 1)
+        self.seconds = 0.0  # time spent in llama_decode
+        engine.clear()
+
+    def decode(self, tokens: Sequence[int], start: int) -> npt.NDArray[np.float32]:
+        """Logits rows for tokens at positions start.., valid until this context's next decode."""
+        import numpy as np
+
+        b = self._batch
+        n = len(tokens)
+        if n > self.capacity:
+            raise ValueError(f"chunk of {n} tokens exceeds the batch of {self.capacity}")
+        b.n_tokens = n
+        for i, tok in enumerate(tokens):
+            b.token[i] = tok
+            b.pos[i] = start + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = 1
+        ctx = self.engine.llm._ctx.ctx
+        t0 = time.perf_counter()
+        rc = self.engine._lc.llama_decode(ctx, b)
+        self.seconds += time.perf_counter() - t0
+        if rc != 0:
+            raise EdgechatError(f"llama_decode failed ({rc}) at position {start}", "lower --tokens or --ctx")
+        rows: npt.NDArray[np.float32] = np.ctypeslib.as_array(
+            self.engine._lc.llama_get_logits(ctx), shape=(n, self.n_vocab)
+        )
+        return rows
+
+    def close(self) -> None:
+        self.engine._lc.llama_batch_free(self._batch)
+        self.engine.clear()  # decode() bypassed the engine's n_tokens: leave it empty and in sync
 
 
 class Generation:

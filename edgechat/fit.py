@@ -149,9 +149,9 @@ def best_fit(registry: Registry, fits: dict[str, Fit]) -> str | None:
 
 def hub_reachable(timeout_s: float = HUB_PROBE_S) -> bool:
     """Whether a TCP connection to the hub (HF_ENDPOINT) opens within `timeout_s`; nothing is sent."""
-    from .registry import _endpoint
+    from .registry import hub_endpoint
 
-    url = urlparse(_endpoint())
+    url = urlparse(hub_endpoint())
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname or "", port), timeout=timeout_s):

@@ -6,9 +6,8 @@ chunk by chunk, with logits kept at every position. From those: the perplexity o
 cache on the text, the mean KL divergence KL(P_f16 || P_cache) of the next-token
 distributions, and how often the most likely next token is the same (top-1 agreement).
 
-Per-position logits are not something `Engine` offers (its eval keeps only the last row),
-so this module builds its own `llama_batch` with every logits flag set and reads
-`llama_get_logits` directly; the engine's own token bookkeeping is cleared afterwards.
+Per-position logits are not something `Engine`'s eval keeps (only the last row), so the
+contexts are read through engine.py's `AllLogitsDecoder`, which keeps a row per token.
 """
 
 from __future__ import annotations
@@ -77,47 +76,6 @@ class KvEvalReport:
     wall_s: float
 
 
-class _AllLogits:
-    """Decodes consecutive chunks into one engine's seq 0, keeping logits for every token."""
-
-    def __init__(self, engine: Engine, capacity: int) -> None:
-        import llama_cpp  # the engine keeps only last-token logits; see the module docstring
-
-        self._lc = llama_cpp
-        self.engine = engine
-        self.n_vocab = int(engine.llm.n_vocab())
-        self.capacity = capacity
-        self._batch = llama_cpp.llama_batch_init(capacity, 0, 1)
-        self.seconds = 0.0
-        engine.clear()
-
-    def decode(self, tokens: Sequence[int], start: int) -> npt.NDArray[np.float32]:
-        """Logits rows for tokens at positions start.., valid until this context's next decode."""
-        b = self._batch
-        n = len(tokens)
-        if n > self.capacity:
-            raise ValueError(f"chunk of {n} tokens exceeds the batch of {self.capacity}")
-        b.n_tokens = n
-        for i, tok in enumerate(tokens):
-            b.token[i] = tok
-            b.pos[i] = start + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = 1
-        ctx = self.engine.llm._ctx.ctx
-        t0 = time.perf_counter()
-        rc = self._lc.llama_decode(ctx, b)
-        self.seconds += time.perf_counter() - t0
-        if rc != 0:
-            raise EdgechatError(f"llama_decode failed ({rc}) at position {start}", "lower --tokens or --ctx")
-        rows: npt.NDArray[np.float32] = np.ctypeslib.as_array(self._lc.llama_get_logits(ctx), shape=(n, self.n_vocab))
-        return rows
-
-    def close(self) -> None:
-        self._lc.llama_batch_free(self._batch)
-        self.engine.clear()  # decode() bypassed the engine's n_tokens: leave it empty and in sync
-
-
 @dataclass
 class _Accumulator:
     nll: list[npt.NDArray[np.float64]]
@@ -146,7 +104,7 @@ def run_kv_eval(
     progress: Progress = lambda _s: None,
 ) -> KvEvalReport:
     """Score every candidate cache against an f16 cache on the first n_tokens of the text."""
-    from .engine import default_threads, llama_build
+    from .engine import AllLogitsDecoder, default_threads, llama_build
 
     t_start = time.perf_counter()
     # An explicit f16 candidate gets its own context: a determinism check (KL must be 0).
@@ -160,7 +118,7 @@ def run_kv_eval(
         ref = loaded[0].engine
         tokens = text_tokens(ref, text, min(n_tokens, ref.n_ctx))
         chunk = max(16, min(int(ref.llm.n_batch), LOGITS_BUDGET // int(ref.llm.n_vocab())))
-        scorers = [_AllLogits(m.engine, chunk) for m in loaded]
+        scorers = [AllLogitsDecoder(m.engine, chunk) for m in loaded]
         for s in scorers:
             stack.callback(s.close)
         acc = [_Accumulator.empty() for _ in specs]

@@ -5,15 +5,13 @@ degrades to "nothing found" instead of raising: a laptop without NVIDIA drivers,
 CPU-only llama.cpp build or a sandbox without /proc must still get a plan.
 
 VRAM comes from NVML (the `nvidia-ml-py` package, optional extra `[nvidia]`) and, when
-that is missing or fails, from ggml's own device query. llama-cpp-python 0.3.36 does not
-bind `ggml_backend_dev_*` in its Python API, but `llama_cpp._ggml` already loads libggml,
-which exports them, so the prototypes are declared here (ggml-backend.h).
+that is missing or fails, from ggml's own device query, which engine.py (the one module
+that talks to llama.cpp) makes for us.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import platform
 import threading
@@ -229,9 +227,6 @@ def _build_can_offload() -> bool:
         return False
 
 
-_GGML_DEV_TYPE_GPU = 1  # enum ggml_backend_dev_type: CPU, GPU, IGPU, ACCEL, META
-
-
 def _ggml_gpus() -> tuple[GpuMemory, ...]:
     """GPUs as the llama.cpp build in use sees them (CUDA, ROCm, Vulkan, SYCL...).
 
@@ -239,29 +234,9 @@ def _ggml_gpus() -> tuple[GpuMemory, ...]:
     the RAM figures already cover. A CPU-only build reports just its CPU device: ().
     """
     try:
-        from llama_cpp import _ggml
+        from .engine import GGML_DEV_GPU, ggml_devices
 
-        lib = _ggml.libggml
-        lib.ggml_backend_dev_count.argtypes = []
-        lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-        lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-        lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-        lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-        lib.ggml_backend_dev_type.restype = ctypes.c_int
-        lib.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
-        lib.ggml_backend_dev_description.restype = ctypes.c_char_p
-        size_p = ctypes.POINTER(ctypes.c_size_t)
-        lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
-        lib.ggml_backend_dev_memory.restype = None
-        out: list[GpuMemory] = []
-        for i in range(lib.ggml_backend_dev_count()):
-            dev = lib.ggml_backend_dev_get(i)
-            if not dev or lib.ggml_backend_dev_type(dev) != _GGML_DEV_TYPE_GPU:
-                continue
-            free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-            lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-            desc = (lib.ggml_backend_dev_description(dev) or b"GPU").decode(errors="replace")
-            out.append(GpuMemory(len(out), desc, total.value, free.value, total.value - free.value))
-        return tuple(out)
+        gpus = [d for d in ggml_devices() if d.kind == GGML_DEV_GPU]
     except Exception:  # noqa: BLE001 - no llama_cpp, an old libggml without the symbols, ...
         return ()
+    return tuple(GpuMemory(i, d.description or "GPU", d.total, d.free, d.total - d.free) for i, d in enumerate(gpus))

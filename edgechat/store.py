@@ -108,7 +108,8 @@ def _script(db: sqlite3.Connection, sql: str) -> None:
             db.execute(statement)
 
 
-def _m1(db: sqlite3.Connection) -> None:
+def _m1_conversations_and_messages(db: sqlite3.Connection) -> None:
+    """The first schema: conversations and their messages, a message's place kept by `seq`."""
     _script(
         db,
         """
@@ -152,7 +153,10 @@ def _m2_turn_progress_and_replaced_replies(db: sqlite3.Connection) -> None:
 
 
 # Numbered migrations: append, never edit one that has shipped.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2_turn_progress_and_replaced_replies]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _m1_conversations_and_messages,
+    _m2_turn_progress_and_replaced_replies,
+]
 
 
 class Store:

@@ -25,7 +25,9 @@ def fetch(name: str) -> Path:
     from edgechat.config import resolve_paths
     from edgechat.registry import pull
 
-    return pull(name, resolve_paths(cache_home()))
+    return pull(
+        name, resolve_paths(cache_home()), notice=lambda msg: print(f"note: {msg}", file=sys.stderr, flush=True)
+    )
 
 
 def main() -> None:

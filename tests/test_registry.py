@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
+import tomllib
 from importlib import resources
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from hypothesis import strategies as st
 from edgechat.config import Paths, resolve_paths
 from edgechat.errors import ConfigError, ModelError
 from edgechat.registry import Registry, list_models, parse_spec, resolve_model
+
+from .conftest import ROOT
 
 PACKAGED = resources.files("edgechat").joinpath("models.toml").read_text(encoding="utf-8")
 
@@ -31,6 +35,19 @@ def user_file(paths: Paths, text: str) -> Path:
 
 
 # -- the shipped registry -----------------------------------------------------------------------
+
+
+def test_the_packaged_registry_is_the_top_level_models_toml(paths: Paths):
+    """models.toml lives at the repository's top level (it is data); the package carries it through a
+    symlink, which setuptools follows into the wheel and the sdist as a plain file."""
+    top = ROOT / "models.toml"
+    packaged = resources.files("edgechat").joinpath("models.toml")
+    assert packaged.read_bytes() == top.read_bytes()
+    assert Registry.load(paths).sources[0] == str(packaged)  # what the registry loads is that file
+    link = ROOT / "edgechat" / "models.toml"
+    assert link.is_symlink() and os.readlink(link) == "../models.toml"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "models.toml" in pyproject["tool"]["setuptools"]["package-data"]["edgechat"]
 
 
 def test_shipped_registry_has_laptop_chat_models_and_the_test_models(paths: Paths):
@@ -66,17 +83,20 @@ def test_every_shipped_entry_is_complete(paths: Paths):
 
 def test_list_models_rows(paths: Paths):
     rows = list_models(Registry.load(paths), paths)
-    assert rows[0]["name"] == "smollm2-135m" and rows[0]["default"] is True
+    assert rows[0].name == "smollm2-135m" and rows[0].default is True
     for row in rows:
-        assert {"name", "default_quant", "file", "size", "downloaded", "context_length", "note", "source"} <= set(row)
-        assert row["downloaded"] is False and row["size"] is None
-    (smol,) = [r for r in rows if r["name"] == "smollm2-135m"]
-    assert smol["source"] == "pypi"
+        assert row.downloaded is False and row.size is None and row.path is None
+        assert row.quant == row.default_quant and row.quant in row.quants
+        assert row.fit is None  # no fits table given
+    (smol,) = [r for r in rows if r.name == "smollm2-135m"]
+    assert smol.source == "pypi" and smol.repo is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        smol.downloaded = True  # type: ignore[misc]
     path = paths.models_dir / "SmolLM2-135M-Instruct.Q4_1.gguf"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"GGUF" + bytes(60))
-    (smol,) = [r for r in list_models(Registry.load(paths), paths) if r["name"] == "smollm2-135m"]
-    assert smol["downloaded"] is True and smol["size"] == 64
+    (smol,) = [r for r in list_models(Registry.load(paths), paths) if r.name == "smollm2-135m"]
+    assert smol.downloaded is True and smol.size == 64 and smol.path == str(path)
 
 
 # -- user overrides -----------------------------------------------------------------------------

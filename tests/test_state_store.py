@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from edgechat.errors import EdgechatError, StateError
 from edgechat.state import StateFiles
-from edgechat.store import NewMessage, Store
+from edgechat.store import MIGRATIONS, NewMessage, Store
 
 FIELDS = dict(model_fingerprint="abc", type_k="f16", type_v="f16", flash_attn=False, llama_build="b1")
 
@@ -97,6 +98,34 @@ def test_store_migrates_and_versions(tmp_path):
     db = sqlite3.connect(path)
     assert db.execute("SELECT version FROM schema_version").fetchone()[0] >= 1
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_schema_1_database_migrates_and_keeps_its_messages(tmp_path):
+    """A database the first release wrote (the first migration only) opens with today's store."""
+    path = tmp_path / "db.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN")
+    MIGRATIONS[0](db)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    db.execute("INSERT INTO schema_version VALUES (1)")
+    db.execute("INSERT INTO conversations VALUES ('c1', 'old', 'm', '{}', 1.0, 1.0)")
+    db.execute(
+        "INSERT INTO messages (conversation_id, seq, role, content, created_at, partial) VALUES"
+        " ('c1', 0, 'user', 'hi', 1.0, 0), ('c1', 1, 'assistant', 'hel', 1.0, 1)"
+    )
+    db.execute("COMMIT")
+    db.close()
+    store = Store(path)
+    user, reply = store.messages("c1")
+    assert (user.content, reply.content, reply.partial, reply.reason) == ("hi", "hel", True, "stopped")
+    store.close()
+    assert sqlite3.connect(path).execute("SELECT version FROM schema_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_every_migration_is_named_for_what_it_does():
+    for number, migration in enumerate(MIGRATIONS, start=1):
+        assert re.fullmatch(rf"_m{number}_[a-z_]+", migration.__name__), migration.__name__
+        assert migration.__doc__, migration.__name__
 
 
 def test_store_refuses_a_newer_schema(tmp_path):

@@ -411,8 +411,8 @@ async def test_the_model_picker_downloads_with_progress_then_chats_with_the_mode
             await pilot.press("ctrl+o")
             picker = app.screen
             assert isinstance(picker, ModelPicker)
-            names = [row["name"] for row in picker.rows]
-            assert not picker.rows[names.index("smol-hub")]["downloaded"]
+            names = [row.name for row in picker.rows]
+            assert not picker.rows[names.index("smol-hub")].downloaded
             picker.query_one(DataTable).move_cursor(row=names.index("smol-hub"))
             bar = picker.query_one(ProgressBar)
             seen: list[float] = []

@@ -57,7 +57,7 @@ class Backend:
         except EdgechatError:
             rows = []
         loaded = self.rt.model_name
-        names = [self.initial[0]] + [r["name"] for r in rows if r.get("downloaded")]
+        names = [self.initial[0]] + [r.name for r in rows if r.downloaded]
         return ModelInfo(loaded, tuple(dict.fromkeys(n for n in names if n and n != loaded)))
 
     def _names_of_loaded(self) -> tuple[str, ...]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -16,7 +16,7 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar
 from ...errors import EdgechatError
 from ...fit import Fit, best_fit, fits_table
 from ...memory import MemorySnapshot
-from ...registry import Registry, list_models, pull
+from ...registry import ModelRow, Registry, list_models, pull
 from ..figures import model_label, snapshot_mode
 
 if TYPE_CHECKING:
@@ -57,13 +57,6 @@ def _size(n: object, estimated: bool) -> str:
     return ("~" if estimated else "") + (f"{n / 1e9:.1f}G" if n >= 1e9 else f"{n / 1e6:.0f}M")
 
 
-def _field(row: dict[str, Any], *names: str) -> str:
-    for name in names:
-        if row.get(name) not in (None, ""):
-            return str(row[name])
-    return ""
-
-
 class ModelPicker(ModalScreen[str | None]):
     """Dismisses with a model spec (registry name or file path) that Runtime.load understands."""
 
@@ -73,7 +66,7 @@ class ModelPicker(ModalScreen[str | None]):
         super().__init__(classes="sheet")
         self.paths = paths
         self.current = current
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[ModelRow] = []
         self.downloading: str | None = None
 
     def compose(self) -> ComposeResult:
@@ -125,26 +118,25 @@ class ModelPicker(ModalScreen[str | None]):
         table = self.query_one("#models", DataTable)
         table.clear()
         for row in self.rows:
-            ctx = row.get("fit_context") or row.get("context_length")
-            size = row.get("download_bytes")
+            ctx = row.fit_context or row.context_length
             table.add_row(
-                "✓" if row.get("downloaded") else "↓",
-                _field(row, "name"),
-                _field(row, "quant", "default_quant"),
-                _field(row, "fit"),
-                f"{int(ctx) // 1024}k" if isinstance(ctx, int) and ctx >= 1024 else str(ctx or ""),
-                _size(size, bool(row.get("download_estimated"))),
-                _clip(_field(row, "note"), NOTE_WIDTH),
-                key=_field(row, "name"),
+                "✓" if row.downloaded else "↓",
+                row.name,
+                row.quant,
+                row.fit or "",
+                f"{ctx // 1024}k" if ctx and ctx >= 1024 else str(ctx or ""),
+                _size(row.download_bytes, bool(row.download_estimated)),
+                _clip(row.note, NOTE_WIDTH),
+                key=row.name,
             )
         if not self.rows:
             self.query_one("#path", Input).focus()
             return
-        names = [_field(r, "name") for r in self.rows]
+        names = [r.name for r in self.rows]
         if self.current in names:
             table.move_cursor(row=names.index(self.current))
 
-    def _selected(self) -> dict[str, Any] | None:
+    def _selected(self) -> ModelRow | None:
         table = self.query_one("#models", DataTable)
         if not self.rows or table.cursor_row < 0 or table.cursor_row >= len(self.rows):
             return None
@@ -171,8 +163,8 @@ class ModelPicker(ModalScreen[str | None]):
         row = self._selected()
         if row is None:
             self.notify("type a file path, or add models to models.toml", title="no model chosen", severity="warning")
-        elif row.get("downloaded"):
-            self.dismiss(_field(row, "name"))
+        elif row.downloaded:
+            self.dismiss(row.name)
         else:
             self._start_download(row)
 
@@ -182,11 +174,11 @@ class ModelPicker(ModalScreen[str | None]):
         if row is not None:
             self._start_download(row)
 
-    def _start_download(self, row: dict[str, Any]) -> None:
+    def _start_download(self, row: ModelRow) -> None:
         if self.downloading:
             self.notify(f"{self.downloading} is still downloading", severity="warning")
             return
-        name = _field(row, "name")
+        name = row.name
         self.downloading = name
         bar = self.query_one("#progress", ProgressBar)
         bar.display = True
