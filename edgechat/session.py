@@ -248,7 +248,7 @@ class Runtime:
         spec = canonical_spec(model) if model else self.model_spec
         if self.engine is not None and spec in (self.model_spec, self.model_name):
             return self.engine
-        resolved = resolve_model(spec, self.paths, download=self.download)
+        resolved = resolve_model(spec, self.paths, download=self.download, notice=self.on_notice)
         info = read_gguf(resolved.path)
         settings = None
         no_kv_asked = self.options.type_k is None and self.options.type_v is None
