@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import zipfile
 from collections.abc import Callable
@@ -168,30 +169,35 @@ def test_an_existing_id_is_refused_and_as_new_imports_a_copy_under_a_fresh_id(or
     assert r.text == origin["second"].text
 
 
-@pytest.mark.parametrize(
-    ("field", "value", "options", "said"),
-    [
-        ("model_fingerprint", "0" * 64, {}, "different model file"),
-        ("llama_build", "llama-cpp-python 0.0.1", {}, "llama.cpp"),
-        (None, None, {"kv_type": "q8_0"}, "f16/f16"),
-    ],
-    ids=["another-model", "another-llama-build", "another-kv-type"],
-)
-def test_a_bundle_that_does_not_fit_this_machine_resumes_from_the_transcript_with_one_notice(
-    origin, tmp_path, field, value, options, said
-):
-    bundle = origin["bundle"]
-    if field is not None:
-        bundle = _repack(
-            bundle, tmp_path / "other.edgechat", _edit_json("state.json", lambda h: h.update({field: value}))
-        )
+def test_a_bundle_that_does_not_fit_this_machine_resumes_from_the_transcript_with_one_notice(origin, tmp_path):
+    """Another model file (its sha256), another llama.cpp build, another KV type: each one a
+    re-read of the transcript and one notice naming why. (One home, copies imported --as-new,
+    so two runtimes serve the three turns.)"""
     home = tmp_path / "d"
-    imported = import_bundle(resolve_paths(home), bundle)
-    assert imported.state is True
-    r = _turn(home, origin["cid"], **options)
-    assert r.stats.restored_from == "transcript"
-    assert len(r.notices) == 1 and "not used" in r.notices[0] and said in r.notices[0], r.notices
-    assert r.stats.prefill_tokens > r.stats.context_tokens / 2  # the history, re-read
+    paths = resolve_paths(home)
+
+    def imported(field: str | None, value: str | None = None) -> str:
+        bundle = origin["bundle"]
+        if field is not None:
+            edit = _edit_json("state.json", lambda h: h.update({field: value}))
+            bundle = _repack(bundle, tmp_path / f"{field}.edgechat", edit)
+        result = import_bundle(paths, bundle, as_new=True)
+        assert result.state is True
+        return result.conversation_id
+
+    cases = {
+        "different model file": (imported("model_fingerprint", "0" * 64), "f16"),
+        "llama.cpp": (imported("llama_build", "llama-cpp-python 0.0.1"), "f16"),
+        "f16/f16": (imported(None), "q8_0"),  # the bundle is right; this machine asks for a q8_0 cache
+    }
+    for kv in ("f16", "q8_0"):
+        with _runtime(home, kv_type=kv) as rt:
+            for k, (said, (cid, _)) in enumerate((s, c) for s, c in cases.items() if c[1] == kv):
+                r = rt.conversation(cid).send(SECOND, max_tokens=2, temperature=0)
+                assert r.stats.restored_from == "transcript", said
+                assert len(r.notices) == 1 and "not used" in r.notices[0] and said in r.notices[0], r.notices
+                if k == 0:  # (a second copy finds its identical tokens still in the live cache)
+                    assert r.stats.prefill_tokens > r.stats.context_tokens / 2  # the history, re-read
 
 
 # refused bundles ------------------------------------------------------------------------------
@@ -300,6 +306,18 @@ def test_a_conversation_without_a_state_travels_as_its_transcript_with_every_fla
     finally:
         store.close()
     assert (imported.title, imported.model, imported.settings) == ("Flags", "smollm2-135m", settings)
+
+
+def test_a_damaged_state_is_left_out_of_the_bundle_with_a_notice(origin, tmp_path):
+    home = tmp_path / "copy"
+    shutil.copytree(origin["home"], home)
+    payload = next((home / "states").glob(f"{origin['cid']}-*.kv"))
+    data = bytearray(payload.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    payload.write_bytes(bytes(data))
+    out = export_bundle(resolve_paths(home), origin["cid"], tmp_path / "t.edgechat")
+    assert out.state is False and len(out.notices) == 1 and "checksum" in out.notices[0], out.notices
+    assert set(_members(tmp_path / "t.edgechat")) == {"manifest.json", "conversation.json"}
 
 
 def _moved_model(origin, tmp_path: Path) -> Path:
