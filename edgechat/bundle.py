@@ -129,25 +129,7 @@ def export_bundle(
                 "model": _model_doc(paths, rec.model, header),
             }  # fmt: skip
 
-            def write(zf: zipfile.ZipFile) -> None:
-                members = [_add_bytes(zf, CONVERSATION, _json(doc))]
-                if saved is not None:
-                    head, payload, cks = saved
-                    bundled = replace(
-                        head,
-                        payload=PAYLOAD,
-                        checkpoints=tuple({**ck, "file": f"state.ck{k}"} for k, ck in enumerate(head.checkpoints)),
-                    )
-                    members.append(_add_bytes(zf, HEADER, _json(asdict(bundled))))
-                    members.append(_add_file(zf, PAYLOAD, payload))
-                    members += [_add_bytes(zf, f"state.ck{k}", data, compress=False) for k, data in enumerate(cks)]
-                manifest = {
-                    "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "conversation_id": cid,
-                    "created_at": time.time(), "members": members,
-                }  # fmt: skip
-                _add_bytes(zf, MANIFEST, _json(manifest))
-
-            size = _write_atomically(dest, write)
+            size = _write_atomically(dest, lambda zf: _write_members(zf, cid, doc, saved))
     finally:
         if own:
             db.close()
@@ -162,6 +144,28 @@ def export_bundle(
         checkpoints=len(saved[2]) if saved else 0,
         notices=tuple(notices),
     )
+
+
+def _write_members(
+    zf: zipfile.ZipFile, cid: str, doc: dict[str, Any], saved: tuple[StateHeader, Path, list[bytes]] | None
+) -> None:
+    """The members, then the manifest that lists them (hashed as they are written)."""
+    members = [_add_bytes(zf, CONVERSATION, _json(doc))]
+    if saved is not None:
+        header, payload, cks = saved
+        bundled = replace(
+            header,
+            payload=PAYLOAD,
+            checkpoints=tuple({**ck, "file": f"state.ck{k}"} for k, ck in enumerate(header.checkpoints)),
+        )
+        members.append(_add_bytes(zf, HEADER, _json(asdict(bundled))))
+        members.append(_add_file(zf, PAYLOAD, payload))
+        members += [_add_bytes(zf, f"state.ck{k}", data, compress=False) for k, data in enumerate(cks)]
+    manifest = {
+        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "conversation_id": cid, "created_at": time.time(),
+        "members": members,
+    }  # fmt: skip
+    _add_bytes(zf, MANIFEST, _json(manifest))
 
 
 def _saved_state(files: StateFiles, cid: str, notices: list[str]) -> tuple[StateHeader, Path, list[bytes]] | None:
@@ -289,10 +293,12 @@ class _Bundle:
 
     def copy(self, name: str, dest: Path) -> None:
         h = hashlib.sha256()
-        with self.zf.open(name) as src, dest.open("wb") as out:
-            while chunk := src.read(_CHUNK):
-                h.update(chunk)
-                out.write(chunk)
+        with self.zf.open(name) as src:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the tokens are the conversation
+            with os.fdopen(fd, "wb") as out:
+                while chunk := src.read(_CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
         if h.hexdigest() != self.members[name].sha256:
             raise _damaged(f"{name} changed while it was imported")
 

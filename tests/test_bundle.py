@@ -154,9 +154,10 @@ def test_an_existing_id_is_refused_and_as_new_imports_a_copy_under_a_fresh_id(or
     import_bundle(paths, origin["bundle"])
     header_before = (home / "states" / f"{cid}.json").read_bytes()
 
-    p = run_cli("conversations", "import", str(origin["bundle"]), home=home)
-    assert p.returncode == 1
-    assert p.stderr.count("\n") == 1 and "already here" in p.stderr and "--as-new" in p.stderr, p.stderr
+    with pytest.raises(BundleError) as caught:
+        import_bundle(paths, origin["bundle"])
+    assert "already here" in caught.value.message and "--as-new" in caught.value.hint
+    assert "\n" not in str(caught.value)
     assert len(_transcript(home, cid)) == 2
     assert (home / "states" / f"{cid}.json").read_bytes() == header_before
 
