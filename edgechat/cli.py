@@ -557,11 +557,22 @@ def conversations_export(
     conversation_id: str,
     fmt: Annotated[str, typer.Option("--format", "-f", help="md or json.")] = "md",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle", help="Write one portable file (transcript, settings, KV state) for `conversations import`."
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Export a conversation to Markdown or JSON."""
+    """Export a conversation to Markdown or JSON, or as a bundle another machine imports."""
 
     def body() -> None:
         from .export import to_json, to_markdown
+
+        if bundle is not None or json_out:
+            _bundle_command("export", conversation_id, bundle, output is None, json_out)
+            return
 
         store = _store()
         rec = store.conversation(conversation_id)
@@ -581,6 +592,43 @@ def conversations_export(
             print(f"wrote {output}", file=sys.stderr)
 
     _guard(body)
+
+
+@conversations_app.command("import")
+def conversations_import(
+    file: Annotated[Path, typer.Argument(help="A bundle from `conversations export ID --bundle FILE`.")],
+    as_new: Annotated[
+        bool, typer.Option("--as-new", help="Import it under a fresh id (a copy beside the one here).")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Restore a conversation from a bundle; its next turn resumes from the bundled KV state when
+    this machine has the same model file, llama.cpp build and KV types (else from the transcript)."""
+    _guard(lambda: _bundle_command("import", str(file), None, as_new, json_out))
+
+
+def _bundle_command(verb: str, target: str, dest: Path | None, flag: bool, json_out: bool) -> None:
+    """`conversations export ID --bundle FILE` (flag: no -o given) and `conversations import FILE`
+    (flag: --as-new): the library does the work (bundle.py); this prints its result."""
+    from .bundle import export_bundle, import_bundle
+    from .config import resolve_paths
+
+    paths = resolve_paths(_state["home"])
+    r: Any
+    if verb == "export":
+        if dest is None:
+            raise EdgechatError("--json reports a bundle export", "add --bundle FILE (-f json exports the transcript)")
+        if not flag:
+            raise EdgechatError("--bundle FILE and -o FILE both name the output", "use one of them")
+        r = export_bundle(paths, target, dest)
+        line = f"wrote {r.path}: {r.messages} messages"
+    else:
+        r = import_bundle(paths, Path(target), as_new=flag)
+        line = f"imported {r.conversation_id} ({r.title}): {r.messages} messages"
+    line += f", KV state {r.state_bytes / 2**20:.1f} MiB" if r.state else ", no KV state"
+    for msg in r.notices:
+        _notice(msg)
+    print(json.dumps(asdict(r)) if json_out else line, file=sys.stdout if json_out or verb == "import" else sys.stderr)
 
 
 @conversations_app.command("rename")

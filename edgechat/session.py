@@ -33,7 +33,7 @@ from .config import (
     resolve_paths,
 )
 from .engine import Engine, Generation
-from .errors import BudgetError, BusyError, Cancelled, EdgechatError
+from .errors import BudgetError, BusyError, Cancelled, EdgechatError, ModelError
 from .gguf_info import GGUFInfo, read_gguf
 from .lock import ConversationLock
 from .shutdown import StopEvent  # noqa: F401 - part of the API: a stop flag with a reason
@@ -423,6 +423,20 @@ def canonical_spec(spec: str) -> str:
         return spec
 
 
+def _missing_model(cid: str, spec: str, exc: ModelError) -> ModelError:
+    """A conversation whose model file is not on this machine (imported from another, or moved):
+    say how to go on rather than only that the path is wrong."""
+    from .registry import parse_spec
+
+    with contextlib.suppress(EdgechatError, OSError):
+        if parse_spec(spec).kind == "path" and not Path(spec).is_file():
+            return ModelError(
+                f"conversation {cid} uses the model file {spec}, which is not on this machine",
+                "continue it with -m NAME|PATH (the same model file resumes from its saved state)",
+            )
+    return exc
+
+
 def chat_messages(system: str, summary: Message | None, active: Sequence[Message]) -> list[dict[str, str]]:
     """The context as the chat template sees it: one system message (with any summary), then the turns.
 
@@ -683,7 +697,12 @@ class TurnStream:
         testhooks.kill_point("load")
         conv = self.conv
         record = conv.record
-        engine = rt.load(None if rt.explicit_model else record.model, conversation=cid)
+        try:
+            engine = rt.load(None if rt.explicit_model else record.model, conversation=cid)
+        except ModelError as exc:
+            if rt.explicit_model:
+                raise
+            raise _missing_model(cid, record.model, exc) from None
         if conv._pending is None and record.model != rt.model_spec:
             rt.store.update(cid, model=rt.model_spec)
         rt.check_memory()

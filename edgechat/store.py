@@ -309,6 +309,34 @@ class Store:
             db.execute("DELETE FROM messages WHERE conversation_id = ?", (cid,))
             db.execute("DELETE FROM conversations WHERE id = ?", (cid,))
 
+    @_guarded
+    def has_conversation(self, cid: str) -> bool:
+        """Whether this exact id is taken (no prefix matching)."""
+        return bool(self._rows("SELECT 1 FROM conversations WHERE id = ?", (cid,)))
+
+    @_guarded
+    def import_conversation(self, record: ConversationRecord, messages: Sequence[Message]) -> None:
+        """Store a whole conversation brought from elsewhere (a bundle) in one transaction, every
+        message with its seq and flags; the row ids are this store's own. An id already here is
+        refused, never overwritten."""
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM conversations WHERE id = ?", (record.id,)).fetchone():
+                raise EdgechatError(f"conversation {record.id} already exists", "import it under a fresh id")
+            db.execute(
+                "INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?)",
+                (record.id, record.title, record.model, json.dumps(record.settings), record.created_at,
+                 record.updated_at),
+            )  # fmt: skip
+            db.executemany(
+                "INSERT INTO messages (conversation_id, seq, role, content, tokens, created_at, compacted, kind,"
+                " partial, reason, replaced, in_progress) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (record.id, m.seq, m.role, m.content, m.tokens, m.created_at, int(m.compacted), m.kind,
+                     int(m.partial), m.reason, int(m.replaced), int(m.in_progress))
+                    for m in messages
+                ],
+            )  # fmt: skip
+
     # messages ------------------------------------------------------------------------
 
     @_guarded
