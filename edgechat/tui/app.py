@@ -22,16 +22,18 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from textual import on
+from textual import events, on
 from textual.app import App, SystemCommand
 from textual.screen import Screen
 from textual.theme import Theme
+from textual.widgets import Input, TextArea
 
 from ..config import save_default
 from ..errors import EdgechatError
 from ..shutdown import HANDLED
 from ..store import Store
 from .chat_screen import ChatScreen
+from .figures import snapshot_mode
 from .llama_thread import LlamaThread
 from .messages import CoreNotice, Failed, JobDone
 from .theme import pick_theme
@@ -103,6 +105,12 @@ class EdgechatApp(App[None]):
             return
         self.theme = self._theme_choice = pick_theme(rt.defaults.theme, self.available_themes, os.environ)
         self.theme_changed_signal.subscribe(self, self._remember_theme)
+
+    @on(events.DescendantFocus)
+    def _steady_cursor(self, event: events.DescendantFocus) -> None:
+        """In a snapshot a focused box's cursor is drawn, whatever the blink's phase when it is taken."""
+        if snapshot_mode() and isinstance(event.widget, (TextArea, Input)):
+            event.widget.cursor_blink = False
 
     def on_unmount(self) -> None:
         if self.store is not None:

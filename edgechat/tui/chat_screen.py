@@ -473,7 +473,7 @@ class ChatScreen(Screen[None]):
             self.last_stats = message.reply.stats
             await self._show_reply(turn, message.reply, message.kv_bytes)
         self.turn = None  # only now: until here the finished reply was still being drawn
-        self.prompt.cursor_blink = True
+        self.prompt.cursor_blink = not snapshot_mode()
         self.refresh_bindings()
         for fn in self._when_idle:
             fn()
