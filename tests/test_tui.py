@@ -251,6 +251,24 @@ async def test_a_missing_model_is_a_notification_not_a_crash(make_app: Callable[
         assert app.is_running
 
 
+@pytest.mark.asyncio
+async def test_a_runtime_that_cannot_start_is_a_notification_and_the_chat_stays_up(home: Path) -> None:
+    from edgechat.errors import ConfigError
+
+    def make_runtime(on_notice: Callable[[str], None]) -> Runtime:
+        raise ConfigError("unknown KV cache type 'q3'", "use one of f16, q8_0, q4_0")
+
+    app = EdgechatApp(make_runtime)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert app.runtime is None and app.store is None
+        assert "no runtime" in status_text(app)
+        app.chat.prompt.text = "Hello?"
+        await pilot.press("enter")
+        assert app.chat.turn is None and app.is_running
+    assert app.shut_down(timeout=10)
+
+
 # Snapshots: 80x24, model loaded, volatile figures (RAM, timings) hidden by EDGECHAT_SNAPSHOT.
 
 

@@ -98,11 +98,15 @@ class EdgechatApp(App[None]):
                 loop.add_signal_handler(signum, self._on_signal, signum)
         try:
             rt = self.make_runtime(self._core_notice)
-            self.runtime = rt
-            self.store = Store(rt.paths.db_path)
+            try:
+                store = Store(rt.paths.db_path)
+            except BaseException:
+                rt.close()
+                raise
         except Exception as exc:  # noqa: BLE001 - a bad config must not take the UI down
             self.show_error(self.as_error(exc))
             return
+        self.runtime, self.store = rt, store
         self.theme = self._theme_choice = pick_theme(rt.defaults.theme, self.available_themes, os.environ)
         self.theme_changed_signal.subscribe(self, self._remember_theme)
 
