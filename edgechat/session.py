@@ -306,16 +306,23 @@ class Runtime:
     ) -> Conversation:
         """A new conversation. `deferred`: its row is created with its first stored turn, so a
         first turn that fails (a bad model, a message too long) leaves nothing behind."""
+        spec, values = self.conversation_defaults(system_prompt=system_prompt, model=model, settings=settings)
+        if deferred:
+            return Conversation(self, self.store.new_id(), pending=(spec, values, title))
+        record = self.store.create_conversation(spec, values, title)
+        return Conversation(self, record.id)
+
+    def conversation_defaults(
+        self, *, system_prompt: str | None = None, model: str | None = None, settings: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """The model and settings a new conversation is stored with: for `new_conversation`, and
+        for the UI, which creates the row through its own store connection."""
         values = {
             "system_prompt": self.system_prompt if system_prompt is None else system_prompt,
             "compaction": self.compaction,
             **(settings or {}),
         }
-        spec = canonical_spec(model) if model else self.default_model
-        if deferred:
-            return Conversation(self, self.store.new_id(), pending=(spec, values, title))
-        record = self.store.create_conversation(spec, values, title)
-        return Conversation(self, record.id)
+        return (canonical_spec(model) if model else self.default_model), values
 
     def conversation(self, cid: str) -> Conversation:
         return Conversation(self, self.store.conversation(cid).id)

@@ -120,26 +120,26 @@ async def measure(args: argparse.Namespace, home: Path, pipeline: Pipeline) -> d
     gen_rate: list[float] = []
     conversation = ""
     async with app.run_test(size=(100, 30)) as pilot:
-        while not app.model_ready:
+        while not app.chat.model_ready:
             await pilot.pause(0.05)
         for run in range(args.runs + 1):  # run 0 warms both sides up and is not counted
-            await app.action_new_conversation()
-            app.prompt.text = PROMPT
+            await app.chat.action_new_conversation()
+            app.chat.prompt.text = PROMPT
             await pilot.pause()
-            done = app.last_stats
+            done = app.chat.last_stats
             cpu0 = time.thread_time()
             t0 = time.perf_counter()
-            app.prompt.post_message(events.Key("enter", "\r"))  # the key the user presses, into the box
-            while app.turn is None or app.turn.view.first_paint is None:
+            app.chat.prompt.post_message(events.Key("enter", "\r"))  # the key the user presses, into the box
+            while app.chat.turn is None or app.chat.turn.view.first_paint is None:
                 assert time.perf_counter() - t0 < 120, "no reply"
                 await asyncio.sleep(0.0005)
-            paint = app.turn.view.first_paint - t0
-            conversation = app.turn.conversation_id
-            while app.turn is not None or app.last_stats is done:
+            paint = app.chat.turn.view.first_paint - t0
+            conversation = app.chat.turn.conversation_id
+            while app.chat.turn is not None or app.chat.last_stats is done:
                 await asyncio.sleep(0.05)
             busy = (time.thread_time() - cpu0) / (time.perf_counter() - t0)  # the UI thread's share of a core
-            assert app.last_stats is not None
-            rate = app.last_stats.decode_tokens_per_s
+            assert app.chat.last_stats is not None
+            rate = app.chat.last_stats.decode_tokens_per_s
             p = pipeline.turn()
             g = cli(args, home, "generate", PROMPT)["decode_tokens_per_s"]
             print(

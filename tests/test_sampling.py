@@ -246,15 +246,15 @@ async def test_the_chat_ui_says_when_the_loop_guard_ended_a_reply(
     app = EdgechatApp(lambda notice: Runtime(model=str(smollm2), home=home, ctx=1024, threads=1, on_notice=notice))
     async with app.run_test(size=(100, 30)) as pilot:
         deadline = time.monotonic() + 120
-        while not app.model_ready:
+        while not app.chat.model_ready:
             assert time.monotonic() < deadline
             await pilot.pause(0.05)
-        app.prompt.text = "What is the capital of France?"
+        app.chat.prompt.text = "What is the capital of France?"
         await pilot.press("enter")
-        while app.turn is not None or app.last_stats is None:
+        while app.chat.turn is not None or app.chat.last_stats is None:
             assert time.monotonic() < deadline + 120
             await pilot.pause(0.05)
-        assert app.last_stats.finish_reason == "repetition"
+        assert app.chat.last_stats.finish_reason == "repetition"
         replies = [v for v in app.query(MessageView) if v.role == "assistant"]
         assert "repeating itself" in str(replies[-1].border_subtitle)
     assert app.shut_down(timeout=60)

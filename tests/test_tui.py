@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,58 +84,58 @@ async def until(pilot: Pilot[Any], predicate: Callable[[], bool], timeout: float
 
 
 def status_text(app: EdgechatApp) -> str:
-    return app.status.render().plain
+    return app.chat.status.render().plain
 
 
 async def send(pilot: Pilot[Any], app: EdgechatApp, text: str) -> None:
     """Type a message and press Enter, then wait for the reply to finish."""
-    done = app.last_stats
-    app.prompt.text = text
+    done = app.chat.last_stats
+    app.chat.prompt.text = text
     await pilot.press("enter")
-    await until(pilot, lambda: app.turn is None and app.last_stats is not done)
+    await until(pilot, lambda: app.chat.turn is None and app.chat.last_stats is not done)
 
 
 async def start_long_reply(pilot: Pilot[Any], app: EdgechatApp) -> None:
     """Once the model is ready, send LONG_PROMPT and wait until the reply reaches the screen."""
-    await until(pilot, lambda: app.model_ready)
-    app.prompt.text = LONG_PROMPT
+    await until(pilot, lambda: app.chat.model_ready)
+    app.chat.prompt.text = LONG_PROMPT
     # The Enter key event goes straight to the box so the test is not held up until the reply ends.
-    app.prompt.post_message(events.Key("enter", "\r"))
-    await until(pilot, lambda: app.turn is not None and app.turn.view.first_paint is not None)
+    app.chat.prompt.post_message(events.Key("enter", "\r"))
+    await until(pilot, lambda: app.chat.turn is not None and app.chat.turn.view.first_paint is not None)
 
 
 def stored_record(app: EdgechatApp) -> Any:
-    assert app.runtime is not None and app.conversation_id is not None
-    return app.runtime.store.conversation(app.conversation_id)
+    assert app.runtime is not None and app.chat.conversation_id is not None
+    return app.runtime.store.conversation(app.chat.conversation_id)
 
 
 def stored(app: EdgechatApp) -> list[Any]:
-    assert app.runtime is not None and app.conversation_id is not None
-    return app.runtime.conversation(app.conversation_id).messages()
+    assert app.runtime is not None and app.chat.conversation_id is not None
+    return app.runtime.conversation(app.chat.conversation_id).messages()
 
 
 @pytest.mark.asyncio
 async def test_reply_streams_into_the_log_and_is_stored(make_app: Callable[..., EdgechatApp]) -> None:
     app = make_app(max_tokens=48)
     async with app.run_test(size=WIDE) as pilot:
-        await until(pilot, lambda: app.model_ready)
+        await until(pilot, lambda: app.chat.model_ready)
         assert "f16" in status_text(app) and "/1024" in status_text(app)
         # Ctrl+J adds a line instead of sending.
         await pilot.press("H", "i", "ctrl+j")
-        assert app.prompt.text == "Hi\n" and app.turn is None
+        assert app.chat.prompt.text == "Hi\n" and app.chat.turn is None
         await send(pilot, app, "Hi\nWhat is the capital of France?")
-        user, reply = app.chat_log.message_views()
+        user, reply = app.chat.chat_log.message_views()
         assert user.text == "Hi\nWhat is the capital of France?"
         assert reply.text.strip()
         assert reply.flushes >= 2, "the reply reached the screen in several batches while it was generated"
         messages = stored(app)
         assert [m.role for m in messages] == ["user", "assistant"]
         assert messages[1].content == reply.text and not messages[1].partial
-        assert app.prompt.text == ""
+        assert app.chat.prompt.text == ""
         assert "TTFT" in status_text(app) and "tok/s" in status_text(app)
-        titles = [str(o.prompt) for o in app.sidebar.query_one(OptionList).options]
+        titles = [str(o.prompt) for o in app.chat.sidebar.query_one(OptionList).options]
         assert any(t.startswith("Hi") for t in titles), titles
-        assert app.last_reply == reply.text
+        assert app.chat.last_reply == reply.text
 
 
 @pytest.mark.asyncio
@@ -141,10 +144,10 @@ async def test_escape_stops_the_reply_and_keeps_it_marked_partial(make_app: Call
     async with app.run_test(size=WIDE) as pilot:
         await start_long_reply(pilot, app)
         await pilot.press("escape")
-        await until(pilot, lambda: app.turn is None and app.last_stats is not None)
-        assert app.last_stats is not None and app.last_stats.finish_reason == "cancelled"
-        assert app.last_stats.completion_tokens < 256
-        reply = app.chat_log.message_views()[-1]
+        await until(pilot, lambda: app.chat.turn is None and app.chat.last_stats is not None)
+        assert app.chat.last_stats is not None and app.chat.last_stats.finish_reason == "cancelled"
+        assert app.chat.last_stats.completion_tokens < 256
+        reply = app.chat.chat_log.message_views()[-1]
         assert reply.has_class("-partial") and reply.border_subtitle == "stopped · partial"
         last = stored(app)[-1]
         assert last.role == "assistant" and last.partial and last.content == reply.text
@@ -154,22 +157,22 @@ async def test_escape_stops_the_reply_and_keeps_it_marked_partial(make_app: Call
 async def test_switching_away_and_back_resumes_from_memory(make_app: Callable[..., EdgechatApp]) -> None:
     app = make_app(max_tokens=16)
     async with app.run_test(size=WIDE) as pilot:
-        await until(pilot, lambda: app.model_ready)
+        await until(pilot, lambda: app.chat.model_ready)
         await send(pilot, app, "Name a colour.")
-        first = app.conversation_id
+        first = app.chat.conversation_id
         await pilot.press("ctrl+n")
-        assert app.conversation_id is None and not app.chat_log.message_views()
+        assert app.chat.conversation_id is None and not app.chat.chat_log.message_views()
         await send(pilot, app, "Name a fruit.")
-        assert app.conversation_id != first
+        assert app.chat.conversation_id != first
         # Back to the first conversation through the sidebar, by keyboard.
-        options = app.sidebar.query_one(OptionList)
+        options = app.chat.sidebar.query_one(OptionList)
         options.focus()
         options.highlighted = options.get_option_index(first)
         await pilot.press("enter")
-        assert app.conversation_id == first
-        assert [v.role for v in app.chat_log.message_views()] == ["user", "assistant"]
+        assert app.chat.conversation_id == first
+        assert [v.role for v in app.chat.chat_log.message_views()] == ["user", "assistant"]
         await send(pilot, app, "Name another one.")
-        assert app.last_stats is not None and app.last_stats.restored_from == "memory"
+        assert app.chat.last_stats is not None and app.chat.last_stats.restored_from == "memory"
         assert "resumed from" in status_text(app)
         assert len(stored(app)) == 4
 
@@ -184,11 +187,11 @@ async def test_continue_reopens_a_conversation_from_its_saved_state(
         earlier = conv.id
     app = make_app(max_tokens=16, cont=True)
     async with app.run_test(size=WIDE) as pilot:
-        await until(pilot, lambda: app.model_ready)
-        assert app.conversation_id == earlier
-        assert [v.role for v in app.chat_log.message_views()] == ["user", "assistant"]
+        await until(pilot, lambda: app.chat.model_ready)
+        assert app.chat.conversation_id == earlier
+        assert [v.role for v in app.chat.chat_log.message_views()] == ["user", "assistant"]
         await send(pilot, app, "Say goodbye.")
-        assert app.last_stats is not None and app.last_stats.restored_from == "state"
+        assert app.chat.last_stats is not None and app.chat.last_stats.restored_from == "state"
         assert "resumed from cache in" in status_text(app)
 
 
@@ -204,9 +207,9 @@ async def test_a_corrupt_state_is_a_notice_and_the_transcript_rebuilds_it(
             payload.write_bytes(b"\0" * payload.stat().st_size)
     app = make_app(max_tokens=16, conversation=cid)
     async with app.run_test(size=WIDE) as pilot:
-        await until(pilot, lambda: app.model_ready)
+        await until(pilot, lambda: app.chat.model_ready)
         await send(pilot, app, "Say goodbye.")
-        assert app.last_stats is not None and app.last_stats.restored_from == "transcript"
+        assert app.chat.last_stats is not None and app.chat.last_stats.restored_from == "transcript"
         assert "rebuilt from transcript in" in status_text(app)
         assert any(sev == "warning" and "not used" in msg for sev, _, msg in app.notices)  # type: ignore[attr-defined]
 
@@ -215,16 +218,16 @@ async def test_a_corrupt_state_is_a_notice_and_the_transcript_rebuilds_it(
 async def test_compaction_shows_a_notice_and_the_compacted_messages(make_app: Callable[..., EdgechatApp]) -> None:
     app = make_app(max_tokens=64, ctx=256)
     async with app.run_test(size=WIDE) as pilot:
-        await until(pilot, lambda: app.model_ready)
+        await until(pilot, lambda: app.chat.model_ready)
         for i in range(6):
             await send(pilot, app, f"Tell me fact number {i} about the ocean, in detail.")
-            if app.chat_log.query(Notice).filter(".-compaction"):
+            if app.chat.chat_log.query(Notice).filter(".-compaction"):
                 break
-        notices = list(app.chat_log.query(Notice).filter(".-compaction"))
+        notices = list(app.chat.chat_log.query(Notice).filter(".-compaction"))
         assert notices, "no compaction notice after six turns in a 256-token context"
         assert "summarized" in str(notices[0].render())
-        assert app.last_stats is not None and app.last_stats.compacted
-        assert any(v.has_class("-compacted") for v in app.chat_log.message_views())
+        assert app.chat.last_stats is not None and app.chat.last_stats.compacted
+        assert any(v.has_class("-compacted") for v in app.chat.chat_log.message_views())
         await pilot.press("ctrl+g")
         assert isinstance(app.screen, CompactionView)
         assert app.screen.summaries and app.screen.compacted
@@ -239,13 +242,31 @@ async def test_a_missing_model_is_a_notification_not_a_crash(make_app: Callable[
         await until(pilot, lambda: any(sev == "error" for sev, _, _ in app.notices))  # type: ignore[attr-defined]
         severity, title, hint = app.notices[-1]  # type: ignore[attr-defined]
         assert "no such model file" in title and "Ctrl+O" in hint
-        app.prompt.text = "Hello?"
+        app.chat.prompt.text = "Hello?"
         await pilot.press("enter")
-        await until(pilot, lambda: app.turn is None and len(app.notices) >= 2)  # type: ignore[attr-defined]
+        await until(pilot, lambda: app.chat.turn is None and len(app.notices) >= 2)  # type: ignore[attr-defined]
         assert app.notices[-1][0] == "error"  # type: ignore[attr-defined]
-        user = app.chat_log.message_views()[-1]
+        user = app.chat.chat_log.message_views()[-1]
         assert user.role == "user" and user.has_class("-error")
         assert app.is_running
+
+
+@pytest.mark.asyncio
+async def test_a_runtime_that_cannot_start_is_a_notification_and_the_chat_stays_up(home: Path) -> None:
+    from edgechat.errors import ConfigError
+
+    def make_runtime(on_notice: Callable[[str], None]) -> Runtime:
+        raise ConfigError("unknown KV cache type 'q3'", "use one of f16, q8_0, q4_0")
+
+    app = EdgechatApp(make_runtime)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert app.runtime is None and app.store is None
+        assert "no runtime" in status_text(app)
+        app.chat.prompt.text = "Hello?"
+        await pilot.press("enter")
+        assert app.chat.turn is None and app.is_running
+    assert app.shut_down(timeout=10)
 
 
 # Snapshots: 80x24, model loaded, volatile figures (RAM, timings) hidden by EDGECHAT_SNAPSHOT.
@@ -259,7 +280,7 @@ def snapshot_app(make_app: Callable[..., EdgechatApp], monkeypatch: pytest.Monke
 async def loaded(pilot: Pilot[Any]) -> None:
     app = pilot.app
     assert isinstance(app, EdgechatApp)
-    await until(pilot, lambda: app.model_ready)
+    await until(pilot, lambda: app.chat.model_ready)
     await pilot.pause()
 
 
@@ -300,7 +321,7 @@ async def test_rename_search_and_delete_from_the_sidebar(make_app: Callable[...,
         gone = rt.new_conversation(title="Beta plans").id
     app = make_app(autoload=False)
     async with app.run_test(size=WIDE) as pilot:
-        options = app.sidebar.query_one(OptionList)
+        options = app.chat.sidebar.query_one(OptionList)
         assert options.option_count == 2
         options.focus()
         options.highlighted = options.get_option_index(keep)
@@ -312,8 +333,8 @@ async def test_rename_search_and_delete_from_the_sidebar(make_app: Callable[...,
         # Typing in the search box filters by title and does not trigger the list's one-key verbs.
         await pilot.press("ctrl+f")
         await pilot.press("n", "o", "t", "e", "s")
-        assert options.option_count == 1 and app.conversation_id is None
-        app.sidebar.query_one("#search", Input).value = ""
+        assert options.option_count == 1 and app.chat.conversation_id is None
+        app.chat.sidebar.query_one("#search", Input).value = ""
         await pilot.pause()
         options.focus()
         options.highlighted = options.get_option_index(gone)
@@ -329,7 +350,7 @@ async def test_settings_are_saved_per_conversation_and_as_defaults(
 ) -> None:
     app = make_app(max_tokens=8)
     async with app.run_test(size=WIDE) as pilot:
-        await until(pilot, lambda: app.model_ready)
+        await until(pilot, lambda: app.chat.model_ready)
         await send(pilot, app, "Hello.")
         await pilot.press("ctrl+s")
         assert isinstance(app.screen, SettingsScreen)
@@ -343,18 +364,18 @@ async def test_settings_are_saved_per_conversation_and_as_defaults(
         await pilot.press("ctrl+s")
         app.screen.query_one("#kv_type", Select).value = "q8_0"
         await pilot.click("#default")
-        await until(pilot, lambda: app.model_ready and app.runtime is not None and app.runtime.engine is not None)
+        await until(pilot, lambda: app.chat.model_ready and app.runtime is not None and app.runtime.engine is not None)
         assert app.runtime is not None and app.runtime.engine is not None
         assert app.runtime.engine.settings.type_k == "q8_0" and "q8_0" in status_text(app)
         defaults = load_defaults(resolve_paths(home))
         assert defaults.kv_type == "q8_0" and defaults.max_tokens == 12
         await send(pilot, app, "And again.")
-        assert app.last_stats is not None and app.last_stats.kv_type == "q8_0"
+        assert app.chat.last_stats is not None and app.chat.last_stats.kv_type == "q8_0"
         # Back to automatic as the default: the saved key goes, so the planner decides again.
         await pilot.press("ctrl+s")
         app.screen.query_one("#kv_type", Select).value = "auto"
         await pilot.click("#default")
-        await until(pilot, lambda: app.model_ready)
+        await until(pilot, lambda: app.chat.model_ready)
         assert load_defaults(resolve_paths(home)).kv_type is None
 
 
@@ -386,7 +407,7 @@ async def test_the_model_picker_loads_a_local_file(make_app: Callable[..., Edgec
         assert app.screen.rows, "the registry lists its models"
         app.screen.query_one("#path", Input).value = str(smollm2)
         await pilot.press("enter")
-        await until(pilot, lambda: app.model_ready)
+        await until(pilot, lambda: app.chat.model_ready)
         assert app.runtime is not None and app.runtime.model_name == smollm2.stem
         assert smollm2.stem[:12] in status_text(app)
 
@@ -418,7 +439,7 @@ async def test_the_model_picker_downloads_with_progress_then_chats_with_the_mode
             seen: list[float] = []
             bar.watch(bar, "progress", lambda value: seen.append(value))  # every step the bar shows
             await pilot.press("enter")  # "Use" on a model that is not here yet downloads it first
-            await until(pilot, lambda: app.screen is not picker and app.model_ready)
+            await until(pilot, lambda: app.screen is not picker and app.chat.model_ready)
             assert bar.total == len(data) and seen[-1] == len(data)
             assert len([p for p in seen if 0 < p < len(data)]) >= 2, "the bar moved while the file came in"
             assert app.runtime is not None and app.runtime.model_spec == "smol-hub"
@@ -436,7 +457,7 @@ async def test_ctrl_q_during_a_reply_stops_it_and_quits_cleanly(
     app = make_app(max_tokens=300)
     async with app.run_test(size=WIDE) as pilot:
         await start_long_reply(pilot, app)
-        cid = app.turn.conversation_id if app.turn else ""
+        cid = app.chat.turn.conversation_id if app.chat.turn else ""
         await pilot.press("ctrl+q")
         await until(pilot, lambda: not app.is_running, timeout=30)
     assert app.return_code in (None, 0)
@@ -461,7 +482,7 @@ async def test_replies_render_as_markdown_and_copy_to_the_clipboard(
     app = make_app(conversation=cid, autoload=False)
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
-        reply = app.chat_log.message_views()[-1]
+        reply = app.chat.chat_log.message_views()[-1]
         fences = list(reply.query(MarkdownFence))
         assert len(fences) == 1 and "print('hi')" in fences[0].code
         await pilot.press("ctrl+l")
@@ -473,15 +494,76 @@ async def test_replies_render_as_markdown_and_copy_to_the_clipboard(
 async def test_status_bar_shows_kv_size_and_memory_against_the_budget(make_app: Callable[..., EdgechatApp]) -> None:
     app = make_app(max_tokens=8)
     async with app.run_test(size=(160, 30)) as pilot:
-        await until(pilot, lambda: app.model_ready)
+        await until(pilot, lambda: app.chat.model_ready)
         await send(pilot, app, "Hello!")
-        app.probe_memory()
+        app.chat.probe_memory()
         await until(pilot, lambda: "RAM" in status_text(app))
         text = status_text(app)
         assert app.runtime is not None and app.runtime.plan is not None
         budget = app.runtime.plan.budget_ram >> 20
         assert "budget" in text and "KV " in text and "MB" in text
-        assert app.status.figures.budget_mb == budget and app.status.figures.kv_bytes > 0
+        assert app.chat.status.figures.budget_mb == budget and app.chat.status.figures.kv_bytes > 0
+
+
+@pytest.mark.asyncio
+async def test_the_chat_keys_and_commands_are_silent_under_a_dialog(make_app: Callable[..., EdgechatApp]) -> None:
+    app = make_app(autoload=False)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("ctrl+s")
+        settings = app.screen
+        assert isinstance(settings, SettingsScreen)
+        before = list(app.notices)  # type: ignore[attr-defined]
+        # On the chat screen Ctrl+L and Ctrl+G would say there is nothing to copy or show, Ctrl+O
+        # would open the model picker, Ctrl+B would hide the sidebar.
+        for key in ("ctrl+n", "ctrl+o", "ctrl+l", "ctrl+g", "ctrl+b", "ctrl+t"):
+            await pilot.press(key)
+        assert app.screen is settings and len(app.screen_stack) == 2
+        assert app.notices == before  # type: ignore[attr-defined]
+        assert not app.chat.has_class("-sidebar-closed")
+        titles = {command.title for command in app.get_system_commands(app.screen)}
+        assert "New conversation" not in titles and "Settings" not in titles
+        await pilot.press("escape")
+        assert app.screen is app.chat
+        await pilot.press("ctrl+l")
+        assert any("no reply to copy" in message for _, _, message in app.notices)  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_the_ui_reads_its_own_store_and_the_runtimes_stays_on_the_llama_thread(
+    make_app: Callable[..., EdgechatApp],
+) -> None:
+    app = make_app(max_tokens=8)
+    async with app.run_test(size=WIDE) as pilot:
+        await until(pilot, lambda: app.chat.model_ready)
+        rt, ui_store = app.runtime, app.store
+        assert rt is not None and ui_store is not None and ui_store is not rt.store
+        used_on: set[str] = set()
+        rows, transaction = rt.store._rows, rt.store.transaction
+
+        def recorded_rows(*args: Any) -> Any:
+            used_on.add(threading.current_thread().name)
+            return rows(*args)
+
+        def recorded_transaction() -> Any:
+            used_on.add(threading.current_thread().name)
+            return transaction()
+
+        rt.store._rows = recorded_rows  # type: ignore[method-assign]
+        rt.store.transaction = recorded_transaction  # type: ignore[method-assign]
+        await send(pilot, app, "Hello.")  # a new conversation, a turn, the sidebar and the ids after it
+        first = app.chat.conversation_id
+        await pilot.press("ctrl+s")
+        app.screen.query_one("#system_prompt", TextArea).text = "Answer in one word."
+        await pilot.click("#save")  # a settings write
+        await pilot.press("ctrl+n")
+        options = app.chat.sidebar.query_one(OptionList)
+        options.focus()
+        options.highlighted = options.get_option_index(first)
+        await pilot.press("enter")  # opening a conversation reads its messages
+        assert app.chat.conversation_id == first and len(app.chat.chat_log.message_views()) == 2
+        assert used_on == {"edgechat-llama"}, "the runtime's connection is the llama thread's alone"
+    with pytest.raises(sqlite3.ProgrammingError):
+        ui_store.conversations()  # the UI's connection closed with the app
 
 
 @pytest.mark.asyncio
@@ -503,10 +585,13 @@ async def test_the_command_palette_lists_and_runs_the_actions(make_app: Callable
 async def test_a_long_load_shows_how_long_it_has_taken(make_app: Callable[..., EdgechatApp]) -> None:
     app = make_app(autoload=False)
     async with app.run_test(size=WIDE) as pilot:
-        app.status.update(activity="loading qwen3-4b…", activity_since=time.perf_counter() - 3.2)
+        since = time.perf_counter() - 3.2
+        app.chat.status.update(activity="loading qwen3-4b…", activity_since=since)
         await pilot.pause()
-        assert "loading qwen3-4b… 3 s" in status_text(app)
-        app.status.update(activity="generating…")  # a streaming reply moves by itself
+        shown = re.search(r"loading qwen3-4b… (\d+) s", status_text(app))
+        # The seconds since the load began (a slow machine's pause may add one).
+        assert shown is not None and 3 <= int(shown.group(1)) <= round(time.perf_counter() - since)
+        app.chat.status.update(activity="generating…")  # a streaming reply moves by itself
         await pilot.pause()
         assert "generating…" in status_text(app) and "generating… 3" not in status_text(app)
 
@@ -516,15 +601,15 @@ async def test_while_a_reply_streams_the_ui_refuses_what_would_disturb_it(make_a
     app = make_app(max_tokens=300)
     async with app.run_test(size=WIDE) as pilot:
         await start_long_reply(pilot, app)
-        cid = app.conversation_id
+        cid = app.chat.conversation_id
         for key in ("ctrl+n", "ctrl+s", "ctrl+o", "ctrl+d"):
             # Straight to the app: pilot.press waits for the CPU to go idle, which it does not while decoding.
             app.post_message(events.Key(key, None))
             await asyncio.sleep(0.05)
-        assert app.conversation_id == cid and app.turn is not None and app.screen is app.main_screen
+        assert app.chat.conversation_id == cid and app.chat.turn is not None and app.screen is app.chat
         assert any(title == "a reply is streaming" for _, title, _ in app.notices)  # type: ignore[attr-defined]
         await pilot.press("escape")
-        await until(pilot, lambda: app.turn is None)
+        await until(pilot, lambda: app.chat.turn is None)
         assert [m.role for m in stored(app)] == ["user", "assistant"]
 
 
@@ -539,42 +624,42 @@ async def test_a_message_sent_while_a_picked_model_loads_is_answered_by_that_mod
         shutil.copyfile(smollm2, other)
     app = make_app(max_tokens=8, explicit=False)  # with -m, every turn would use that model anyway
     async with app.run_test(size=WIDE) as pilot:
-        await until(pilot, lambda: app.model_ready)
+        await until(pilot, lambda: app.chat.model_ready)
         await pilot.press("ctrl+o")
         picker = app.screen
         assert isinstance(picker, ModelPicker)
         picker.query_one("#path", Input).value = str(other)
         picker.action_use()  # Enter in the path box; pilot.press would wait for the load to end
         await asyncio.sleep(0.05)
-        assert app.loading, "the message must go out while the new model is still loading"
-        done = app.last_stats
-        app.prompt.text = "Hi!"
-        app.prompt.post_message(events.Key("enter", "\r"))
-        await until(pilot, lambda: app.turn is None and app.last_stats is not done)
+        assert app.chat.loading_model, "the message must go out while the new model is still loading"
+        done = app.chat.last_stats
+        app.chat.prompt.text = "Hi!"
+        app.chat.prompt.post_message(events.Key("enter", "\r"))
+        await until(pilot, lambda: app.chat.turn is None and app.chat.last_stats is not done)
         assert stored_record(app).model == str(other)
-        assert app.last_stats is not None and app.last_stats.model == other.stem
+        assert app.chat.last_stats is not None and app.chat.last_stats.model == other.stem
 
 
 @pytest.mark.asyncio
 async def test_a_conversations_engine_settings_stay_with_it(make_app: Callable[..., EdgechatApp]) -> None:
     app = make_app(max_tokens=8, ctx=1024)
     async with app.run_test(size=WIDE) as pilot:
-        await until(pilot, lambda: app.model_ready)
+        await until(pilot, lambda: app.chat.model_ready)
         await send(pilot, app, "Hello.")
-        small = app.conversation_id
+        small = app.chat.conversation_id
         await pilot.press("ctrl+s")
         app.screen.query_one("#ctx", Input).value = "512"
         await pilot.click("#save")
-        await until(pilot, lambda: app.model_ready and app.runtime is not None and app.runtime.ctx == 512)
+        await until(pilot, lambda: app.chat.model_ready and app.runtime is not None and app.runtime.options.ctx == 512)
         await pilot.press("ctrl+n")  # a new conversation starts from the start-up settings again
-        await until(pilot, lambda: app.model_ready and app.runtime is not None and app.runtime.ctx == 1024)
+        await until(pilot, lambda: app.chat.model_ready and app.runtime is not None and app.runtime.options.ctx == 1024)
         await send(pilot, app, "Hi.")
-        assert app.last_stats is not None and app.last_stats.context_limit == 1024
-        options = app.sidebar.query_one(OptionList)
+        assert app.chat.last_stats is not None and app.chat.last_stats.context_limit == 1024
+        options = app.chat.sidebar.query_one(OptionList)
         options.focus()
         options.highlighted = options.get_option_index(small)
         await pilot.press("enter")
-        await until(pilot, lambda: app.model_ready and app.runtime is not None and app.runtime.ctx == 512)
+        await until(pilot, lambda: app.chat.model_ready and app.runtime is not None and app.runtime.options.ctx == 512)
 
 
 def test_an_unexpected_error_is_one_line_and_its_traceback_goes_to_a_log(tmp_path: Path) -> None:
@@ -597,7 +682,7 @@ async def test_shutting_down_mid_reply_stops_it_stores_it_and_closes_the_runtime
     app = make_app(max_tokens=300)
     async with app.run_test(size=WIDE) as pilot:
         await start_long_reply(pilot, app)
-        cid = app.conversation_id
+        cid = app.chat.conversation_id
         rt = app.runtime
     # The UI is gone with the reply still streaming; `edgechat chat` shuts down like this.
     t0 = time.perf_counter()
@@ -622,25 +707,25 @@ async def test_an_interrupted_reply_offers_a_one_key_retry_and_the_last_message_
     rt.close()
     app = make_app(max_tokens=8, conversation=cid)
     async with app.run_test(size=WIDE) as pilot:
-        await until(pilot, lambda: app.model_ready)
-        reply = app.chat_log.message_views()[-1]
+        await until(pilot, lambda: app.chat.model_ready)
+        reply = app.chat.chat_log.message_views()[-1]
         assert reply.border_subtitle == "interrupted · partial · ctrl+t retries"
-        done = app.last_stats
+        done = app.chat.last_stats
         await pilot.press("ctrl+t")
-        await until(pilot, lambda: app.turn is None and app.last_stats is not done)
+        await until(pilot, lambda: app.chat.turn is None and app.chat.last_stats is not done)
         msgs = stored(app)
         assert [(m.role, m.replaced) for m in msgs] == [("user", False), ("assistant", True), ("assistant", False)]
         assert msgs[1].content == "Blu" and msgs[1].reason == "interrupted"
         assert not msgs[2].partial and msgs[2].content
-        views = app.chat_log.message_views()
+        views = app.chat.chat_log.message_views()
         assert [v.role for v in views] == ["user", "assistant"] and views[-1].text == msgs[2].content
         # Up in the empty box takes the last message back; Enter sends the edited one in its place.
-        app.prompt.focus()
+        app.chat.prompt.focus()
         await pilot.press("up")
-        assert app.prompt.text == "Name a colour."
-        app.prompt.text = "Name a fruit."
+        assert app.chat.prompt.text == "Name a colour."
+        app.chat.prompt.text = "Name a fruit."
         await pilot.pause()
         await send(pilot, app, "Name a fruit.")
         live = [(m.role, m.content) for m in stored(app) if not m.replaced]
         assert live[0] == ("user", "Name a fruit.") and [r for r, _ in live] == ["user", "assistant"]
-        assert [v.text for v in app.chat_log.message_views()][0] == "Name a fruit."
+        assert [v.text for v in app.chat.chat_log.message_views()][0] == "Name a fruit."
