@@ -9,8 +9,10 @@ import: a command module that fails to import fails `edgechat` loudly.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
+from collections.abc import Sequence
 from importlib import import_module
 from pathlib import Path
 from typing import Annotated
@@ -63,9 +65,41 @@ def build_app() -> typer.Typer:
 app = build_app()
 
 
+def for_args(full: typer.Typer, args: Sequence[str]) -> typer.Typer:
+    """`full` with only the command that `args` run, when they name one of its commands.
+
+    typer turns every registered command into a click command at each start, though a
+    process runs one: ~25 ms of CPU for all of edgechat's (issue 12, cold start). Anything
+    else (no command, --help, an unknown option before the command, a typo) gets the whole
+    app, so help and errors list every command as before.
+    """
+    name = _command_name(args)
+    commands = [c for c in full.registered_commands if c.name == name]
+    groups = [g for g in full.registered_groups if g.name == name]
+    if not commands and not groups:
+        return full
+    only = copy.copy(full)
+    only.registered_commands, only.registered_groups = commands, groups
+    return only
+
+
+def _command_name(args: Sequence[str]) -> str | None:
+    """The first argument after the app's own options; None when one of those is not known here."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--debug" or arg.startswith("--home="):
+            i += 1
+        elif arg == "--home":
+            i += 2
+        else:
+            return None if arg.startswith("-") else arg
+    return None
+
+
 def main() -> None:
     try:
-        app()
+        for_args(app, sys.argv[1:])()
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
