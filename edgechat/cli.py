@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.models import CommandInfo
 
 from .commands.common import GLOBALS
 
@@ -74,13 +75,20 @@ def for_args(full: typer.Typer, args: Sequence[str]) -> typer.Typer:
     app, so help and errors list every command as before.
     """
     name = _command_name(args)
-    commands = [c for c in full.registered_commands if c.name == name]
+    commands = [c for c in full.registered_commands if _name(c) == name]
     groups = [g for g in full.registered_groups if g.name == name]
     if not commands and not groups:
         return full
     only = copy.copy(full)
     only.registered_commands, only.registered_groups = commands, groups
     return only
+
+
+def _name(command: CommandInfo) -> str | None:
+    """A registered command's name as typer derives it when none was given."""
+    if command.name or command.callback is None:
+        return command.name
+    return command.callback.__name__.lower().replace("_", "-")
 
 
 def _command_name(args: Sequence[str]) -> str | None:

@@ -124,3 +124,16 @@ def test_generate_imports_nothing_it_does_not_need(smollm2: Path, tmp_path: Path
     heavy = {"pydantic", "rich", "textual", "starlette", "uvicorn", "huggingface_hub", "tomlkit", "statistics",
              "decimal", "matplotlib"}  # fmt: skip
     assert loaded & heavy == set()
+
+
+def test_a_command_registered_without_a_name_is_found_by_typers_name() -> None:
+    app = typer.Typer()
+    app.callback()(lambda: None)
+
+    def cache_prune() -> None:
+        """Prune."""
+
+    app.command()(cache_prune)
+    app.command("other")(cache_prune)
+    only = cli.for_args(app, ["cache-prune"])
+    assert len(only.registered_commands) == 1 and only.registered_commands[0].callback is cache_prune

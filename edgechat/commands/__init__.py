@@ -13,6 +13,11 @@ How a command gets onto the command line (the pattern of simonw/llm's `register_
 2. Add `"NAME",` to `COMMANDS` in `edgechat/cli.py` (one line; the order is the order in `--help`
    within commands and within groups, and a module adding to a group comes after the group's).
 
+Name groups in `add_typer(..., name=...)`: a run builds only the command or group its
+arguments name (`cli.for_args`), found by that name. An option shared by several commands
+(say `--rpc`) is one `Annotated` type in `.common`, next to `ModelOpt`, plus its field in
+`engine_options` when it reaches the engine.
+
 Keep module top levels light (typer, `.common`, the standard library): every `edgechat`
 process imports every command module, so heavy imports (the runtime, rich, the registry)
 go inside the command functions. Shared option types, the engine options builder
