@@ -47,6 +47,11 @@ class Paths:
     def fingerprint_cache(self) -> Path:
         return self.data_dir / "fingerprints.json"
 
+    @property
+    def model_cache(self) -> Path:
+        """Per-model facts that are slow to work out (GGUF header, special tokens): model_cache.py."""
+        return self.data_dir / "model-cache"
+
 
 def private_dir(path: Path) -> Path:
     """Make sure directory `path` exists; when it is created here, only this user may read it (0700).

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from . import compaction as compact
-from . import testhooks
+from . import model_cache, testhooks
 from .config import (
     SAMPLING_KEYS,
     EngineOptions,
@@ -34,7 +34,7 @@ from .config import (
 )
 from .engine import Engine, Generation
 from .errors import BudgetError, BusyError, Cancelled, EdgechatError, ModelError
-from .gguf_info import GGUFInfo, read_gguf
+from .gguf_info import GGUFInfo
 from .lock import ConversationLock
 from .shutdown import StopEvent  # noqa: F401 - part of the API: a stop flag with a reason
 from .state import StateFiles, model_fingerprint
@@ -249,7 +249,7 @@ class Runtime:
         if self.engine is not None and spec in (self.model_spec, self.model_name):
             return self.engine
         resolved = resolve_model(spec, self.paths, download=self.download, notice=self.on_notice)
-        info = read_gguf(resolved.path)
+        info = model_cache.header(resolved.path, self.paths.model_cache)
         settings = None
         no_kv_asked = self.options.type_k is None and self.options.type_v is None
         state_types = self.cache.saved_types(conversation) if conversation and no_kv_asked else None
@@ -262,7 +262,7 @@ class Runtime:
             self.engine.close()
             self.engine = None
         self.cache.bind("", 0)
-        self.engine = Engine(settings, info)
+        self.engine = Engine(settings, info, cache_dir=self.paths.model_cache)
         self.model_spec = spec
         self.model_name = resolved.name
         p = self.plan

@@ -1,7 +1,7 @@
 """`edgechat bench` and `edgechat kv-eval`: thin commands plus their views (rich tables, the PNG).
 
-cli.py imports this module at its end and calls `register(app)`; the measuring lives in
-bench.py and kv_eval.py, imported inside the commands so `edgechat --help` stays fast.
+The measuring lives in edgechat/bench.py and kv_eval.py, imported inside the commands so
+`edgechat --help` and `generate` stay fast.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .cli import BudgetOpt, CtxOpt, FaOpt, GpuOpt, JsonOpt, ModelOpt, ThreadsOpt, _guard, _options, _runtime
-from .errors import EdgechatError
+from ..errors import EdgechatError
+from .common import BudgetOpt, CtxOpt, FaOpt, GpuOpt, JsonOpt, ModelOpt, ThreadsOpt, engine_options, guarded, runtime
 
 if TYPE_CHECKING:
-    from .bench import BenchReport, KvSpec, LoadedModel, OpenEngine
-    from .kv_eval import KvEvalReport
+    from ..bench import BenchReport, KvSpec, LoadedModel, OpenEngine
+    from ..kv_eval import KvEvalReport
 
 MIB = float(1 << 20)
 
@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
 # commands -------------------------------------------------------------------------------
 
 
+@guarded
 def bench(
     model: ModelOpt = None,
     kv_types: Annotated[
@@ -56,35 +57,32 @@ def bench(
     json_out: JsonOpt = False,
 ) -> None:
     """Time TTFT, prefill, decode, memory and resume for each KV cache type, against a bare llama.cpp loop."""
+    from ..bench import BenchConfig, parse_kv_types, run_bench, step_count
 
-    def body() -> None:
-        from .bench import BenchConfig, parse_kv_types, run_bench, step_count
+    if plot is not None:
+        _require_matplotlib()
+    config = BenchConfig(
+        kv_types=parse_kv_types(kv_types), n_ctx=ctx, lengths=_parse_lengths(lengths),
+        repeats=repeats, gen_tokens=gen_tokens,
+    )  # fmt: skip
+    opener = _opener(model, flash_attn, gpu_layers, threads, budget_mb)
+    with _progress(step_count(config)) as step:
+        report = run_bench(opener, config, step)
+    if plot is not None:
+        write_plot(report, plot)
+    if json_out:
+        print(json.dumps(asdict(report)))
+        return
+    from rich.console import Console
 
-        if plot is not None:
-            _require_matplotlib()
-        config = BenchConfig(
-            kv_types=parse_kv_types(kv_types), n_ctx=ctx, lengths=_parse_lengths(lengths),
-            repeats=repeats, gen_tokens=gen_tokens,
-        )  # fmt: skip
-        opener = _opener(model, flash_attn, gpu_layers, threads, budget_mb)
-        with _progress(step_count(config)) as step:
-            report = run_bench(opener, config, step)
-        if plot is not None:
-            write_plot(report, plot)
-        if json_out:
-            print(json.dumps(asdict(report)))
-            return
-        from rich.console import Console
-
-        console = Console()
-        for renderable in bench_tables(report):
-            console.print(renderable)
-        if plot is not None:
-            console.print(f"plot: {plot}")
-
-    _guard(body)
+    console = Console()
+    for renderable in bench_tables(report):
+        console.print(renderable)
+    if plot is not None:
+        console.print(f"plot: {plot}")
 
 
+@guarded
 def kv_eval(
     model: ModelOpt = None,
     text: Annotated[
@@ -103,24 +101,20 @@ def kv_eval(
     json_out: JsonOpt = False,
 ) -> None:
     """Perplexity, KL divergence and top-1 agreement of quantized KV caches against an f16 cache."""
+    from ..bench import load_text, parse_kv_types
+    from ..kv_eval import run_kv_eval
 
-    def body() -> None:
-        from .bench import load_text, parse_kv_types
-        from .kv_eval import run_kv_eval
+    specs = parse_kv_types(kv_types)
+    content, source = load_text(text)
+    opener = _opener(model, flash_attn, gpu_layers, threads, None)
+    with _progress(None) as step:
+        report = run_kv_eval(opener, specs, content, source, tokens, step)
+    if json_out:
+        print(json.dumps(asdict(report)))
+        return
+    from rich.console import Console
 
-        specs = parse_kv_types(kv_types)
-        content, source = load_text(text)
-        opener = _opener(model, flash_attn, gpu_layers, threads, None)
-        with _progress(None) as step:
-            report = run_kv_eval(opener, specs, content, source, tokens, step)
-        if json_out:
-            print(json.dumps(asdict(report)))
-            return
-        from rich.console import Console
-
-        Console().print(kv_eval_table(report))
-
-    _guard(body)
+    Console().print(kv_eval_table(report))
 
 
 # plumbing -------------------------------------------------------------------------------
@@ -133,11 +127,11 @@ def _opener(
 
     @contextlib.contextmanager
     def open_engine(spec: KvSpec, n_ctx: int | None) -> Iterator[LoadedModel]:
-        from .bench import LoadedModel
-        from .state import model_fingerprint
+        from ..bench import LoadedModel
+        from ..state import model_fingerprint
 
-        with _runtime(
-            _options(model, n_ctx, None, spec.type_k, spec.type_v, flash_attn, gpu_layers, threads, budget_mb)
+        with runtime(
+            engine_options(model, n_ctx, None, spec.type_k, spec.type_v, flash_attn, gpu_layers, threads, budget_mb)
         ) as rt:
             engine = rt.load()
             sha = model_fingerprint(Path(engine.settings.model_path), rt.paths.fingerprint_cache)
@@ -200,7 +194,7 @@ def _mib(n: int | None) -> str:
 
 
 def _threads(report: BenchReport) -> str:
-    from .threads import ThreadChoice
+    from ..threads import ThreadChoice
 
     label = ThreadChoice(report.threads, report.threads_batch, report.threads_auto).label()
     return label if not report.threads_auto else f"{label} (chosen from the load)"
