@@ -70,6 +70,17 @@ LoopGuardOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else on stdout.")]
+RpcOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rpc",
+        help="llama.cpp RPC servers HOST:PORT[,HOST:PORT...] whose devices take layers like GPUs (see README).",
+    ),
+]
+RpcPublicOpt = Annotated[
+    bool,
+    typer.Option("--rpc-allow-public", help="Allow --rpc servers on public addresses (unencrypted: prefer a tunnel)."),
+]
 
 
 def _notice(msg: str) -> None:
@@ -106,6 +117,8 @@ def _runtime(
     compaction: str | None = None,
     on_notice: Callable[[str], None] = _notice,
     sampling: dict[str, Any] | None = None,
+    rpc: str | None = None,
+    rpc_allow_public: bool = False,
 ) -> Any:
     from .session import Runtime
 
@@ -117,7 +130,7 @@ def _runtime(
     return Runtime(
         model, home=_state["home"], kv_type=kv_type, type_k=k_type, type_v=v_type, ctx=ctx,
         flash_attn=_flash(flash_attn), gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb,
-        compaction=compaction, on_notice=on_notice, sampling=sampling,
+        compaction=compaction, on_notice=on_notice, sampling=sampling, rpc=rpc, rpc_allow_public=rpc_allow_public,
     )  # fmt: skip
 
 
@@ -190,6 +203,7 @@ def generate(
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
     max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None, json_out: JsonOpt = False,
     repeat_penalty: RepeatOpt = None, dry_multiplier: DryOpt = None, loop_guard: LoopGuardOpt = None,
+    rpc: RpcOpt = None, rpc_allow_public: RpcPublicOpt = False,
 ) -> None:  # fmt: skip
     """One stateless completion, streamed to stdout."""
 
@@ -206,8 +220,9 @@ def generate(
                 raise EdgechatError("the prompt is empty", "give a prompt to complete")
         from .shutdown import stop_on_signals
 
+        remote: dict[str, Any] = {"rpc": rpc, "rpc_allow_public": rpc_allow_public}
         with (
-            _runtime(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb) as rt,
+            _runtime(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, **remote) as rt,
             stop_on_signals(exit=False) as sig,
         ):
             sampling = rt.sampling(
@@ -329,7 +344,7 @@ def send(
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
     compaction: CompactOpt = None, max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None,
     json_out: JsonOpt = False, repeat_penalty: RepeatOpt = None, dry_multiplier: DryOpt = None,
-    loop_guard: LoopGuardOpt = None,
+    loop_guard: LoopGuardOpt = None, rpc: RpcOpt = None, rpc_allow_public: RpcPublicOpt = False,
 ) -> None:  # fmt: skip
     """One turn of a saved conversation (new, by id, or the latest).
 
@@ -347,8 +362,11 @@ def send(
         if message is None and not regenerate:
             raise EdgechatError("no message given", 'pass it as an argument, or "-" to read it from stdin')
         text = (_read_stdin() if message == "-" else message) or ""
+        remote: dict[str, Any] = {"rpc": rpc, "rpc_allow_public": rpc_allow_public}
         with (
-            _runtime(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction) as rt,
+            _runtime(
+                model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction, **remote
+            ) as rt,
             stop_on_signals(exit=False) as sig,
         ):
             if new:
@@ -415,6 +433,7 @@ def chat(
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
     compaction: CompactOpt = None, max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None,
     repeat_penalty: RepeatOpt = None, dry_multiplier: DryOpt = None, loop_guard: LoopGuardOpt = None,
+    rpc: RpcOpt = None, rpc_allow_public: RpcPublicOpt = False,
 ) -> None:  # fmt: skip
     """The terminal chat UI."""
 
@@ -424,6 +443,7 @@ def chat(
         options: dict[str, Any] = dict(
             model=model, ctx=ctx, kv_type=kv_type, k_type=k_type, v_type=v_type, flash_attn=flash_attn,
             gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb, compaction=compaction,
+            rpc=rpc, rpc_allow_public=rpc_allow_public,
         )  # fmt: skip
         sampling = dict(
             max_tokens=max_tokens, temperature=temperature, seed=seed, repeat_penalty=repeat_penalty,
@@ -460,7 +480,7 @@ def serve(
     max_body_mb: Annotated[int, typer.Option("--max-body-mb", help="Largest request body, in MiB (413 beyond).")] = 8,
     model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
-    compaction: CompactOpt = None,
+    compaction: CompactOpt = None, rpc: RpcOpt = None, rpc_allow_public: RpcPublicOpt = False,
 ) -> None:  # fmt: skip
     """An OpenAI-compatible HTTP server; conversations resume from their saved KV cache."""
 
@@ -473,7 +493,10 @@ def serve(
         )  # fmt: skip
 
         def make_runtime() -> Any:
-            rt = _runtime(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction)
+            rt = _runtime(
+                model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction,
+                rpc=rpc, rpc_allow_public=rpc_allow_public,
+            )  # fmt: skip
             # A server runs the model it was started with: a stored conversation's own model
             # does not switch it (a request's "model" field may, among the listed ones).
             rt.explicit_model = True
@@ -750,7 +773,7 @@ def plan(
     model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, budget_mb: BudgetOpt = None,
     swa_full: Annotated[bool, typer.Option("--swa-full/--no-swa-full", help="Full-size sliding-window cache (more memory; not needed for exact resume).")] = False,
-    json_out: JsonOpt = False,
+    json_out: JsonOpt = False, rpc: RpcOpt = None, rpc_allow_public: RpcPublicOpt = False,
 ) -> None:  # fmt: skip
     """Predict memory use from the GGUF header and pick the largest context that fits."""
 
@@ -760,12 +783,16 @@ def plan(
         from .planner import format_plan
         from .planner import plan as make_plan
         from .registry import resolve_model
+        from .rpc import connect, split_endpoints
 
         paths = resolve_paths(_state["home"])
         d = load_defaults(paths)
         g = parse_gpu_layers(gpu_layers if gpu_layers is not None else d.gpu_layers)
         fa = _flash(flash_attn)
         resolved = resolve_model(model or d.model, paths, download=False)
+        servers = split_endpoints(rpc if rpc is not None else d.rpc)
+        if servers:  # registered first: the plan places layers on their devices like on GPUs
+            connect(servers, allow_public=rpc_allow_public, warn=_notice)
         kv = kv_type or d.kv_type
         budget = budget_mb if budget_mb is not None else d.budget_mb
         p = make_plan(

@@ -190,6 +190,7 @@ class Defaults:
     budget_mb: int | None = None
     compaction: str = "summarize"
     theme: str = "auto"  # the chat UI's: auto (from the terminal's COLORFGBG), light, dark, or a Textual theme name
+    rpc: tuple[str, ...] = ()  # llama.cpp RPC servers ("host:port") whose devices take layers like GPUs
     sampling: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -233,7 +234,7 @@ def load_defaults(paths: Paths) -> Defaults:
             problem = _bad_value(key, value)
             if problem:
                 raise ConfigError(f"{path}: defaults.{key} = {_toml_value(value)} {problem}", _VALUE_HINTS[key])
-            values[key] = value
+            values[key] = tuple(value) if key == "rpc" else value
     result = replace(Defaults(), **values, sampling=check_sampling(sampling, f"{path}: defaults"))
     if result.kv_type is not None and result.kv_type not in KV_TYPES:
         raise ConfigError(f"{path}: defaults.kv_type = {result.kv_type!r}", f"use one of {KV_TYPES}")
@@ -259,6 +260,7 @@ _VALUE_HINTS = {
     "temperature": "a number from 0 (greedy), e.g. temperature = 0.7",
     "seed": "a whole number, e.g. seed = 0",
     "theme": 'auto, light, dark or a Textual theme name, e.g. theme = "auto"',
+    "rpc": 'a list of llama.cpp RPC servers, e.g. rpc = ["127.0.0.1:50052"]',
 }
 _STRINGS = ("model", "system_prompt", "kv_type", "compaction", "theme")
 _POSITIVE = ("ctx", "threads", "budget_mb", "max_tokens")
@@ -289,6 +291,9 @@ def _bad_value(key: str, value: Any) -> str:
         return "" if ok else "is not a number >= 0"
     if key == "gpu_layers":
         return "" if value == "auto" or is_int else 'is not "auto" or a whole number'
+    if key == "rpc":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return "" if ok else "is not a list of strings"
     return ""
 
 

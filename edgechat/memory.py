@@ -24,13 +24,18 @@ from types import TracebackType
 
 @dataclass(frozen=True)
 class GpuMemory:
-    """One accelerator's memory in bytes, as its driver reports it now."""
+    """One accelerator's memory in bytes, as its driver reports it now.
+
+    `endpoint` is set for a device on a llama.cpp RPC server ("host:port"); its figures are
+    what that server reports, and llama.cpp places layers on it like on a local GPU.
+    """
 
     index: int
     name: str
     total: int
     free: int
     used: int
+    endpoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class MemorySnapshot:
     process_rss: int
     gpus: tuple[GpuMemory, ...] = ()
     unified: bool = False
-    gpu_source: str = "none"  # "nvml" | "ggml" | "unified" | "none"
+    gpu_source: str = "none"  # "nvml" | "ggml" | "unified" | "rpc" (remote devices only) | "none"
     # CPU features that change what llama.cpp allocates (the CPU_REPACK weight copies):
     # "avx2", "avx512f", "dotprod", "i8mm". Empty: none known.
     cpu_flags: frozenset[str] = frozenset()
@@ -68,8 +73,15 @@ def probe(*, gpus: bool = True) -> MemorySnapshot:
     if not found and _build_can_offload():
         found = _ggml_gpus()
         source = "ggml"
+    remote = _rpc_gpus(len(found))
     return MemorySnapshot(
-        total, available, rss, found, unified=False, gpu_source=source if found else "none", cpu_flags=flags
+        total,
+        available,
+        rss,
+        found + remote,
+        unified=False,
+        gpu_source=source if found else ("rpc" if remote else "none"),
+        cpu_flags=flags,
     )
 
 
@@ -232,6 +244,20 @@ def _build_can_offload() -> bool:
 _GGML_DEV_TYPE_GPU = 1  # enum ggml_backend_dev_type: CPU, GPU, IGPU, ACCEL, META
 
 
+def _rpc_gpus(first_index: int) -> tuple[GpuMemory, ...]:
+    """Devices of the llama.cpp RPC servers this process registered (--rpc), with the memory they report."""
+    try:
+        from .engine import rpc_devices
+
+        devices = rpc_devices()
+    except Exception:  # noqa: BLE001 - a probe never raises
+        return ()
+    return tuple(
+        GpuMemory(first_index + i, d.name, d.total, d.free, d.total - d.free, endpoint=d.endpoint)
+        for i, d in enumerate(devices)
+    )
+
+
 def _ggml_gpus() -> tuple[GpuMemory, ...]:
     """GPUs as the llama.cpp build in use sees them (CUDA, ROCm, Vulkan, SYCL...).
 
@@ -253,11 +279,17 @@ def _ggml_gpus() -> tuple[GpuMemory, ...]:
         size_p = ctypes.POINTER(ctypes.c_size_t)
         lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
         lib.ggml_backend_dev_memory.restype = None
+        lib.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
+        lib.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_reg_name.restype = ctypes.c_char_p
         out: list[GpuMemory] = []
         for i in range(lib.ggml_backend_dev_count()):
             dev = lib.ggml_backend_dev_get(i)
             if not dev or lib.ggml_backend_dev_type(dev) != _GGML_DEV_TYPE_GPU:
                 continue
+            if lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev)) == b"RPC":
+                continue  # a remote device: _rpc_gpus lists it, with its server
             free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
             lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
             desc = (lib.ggml_backend_dev_description(dev) or b"GPU").decode(errors="replace")

@@ -10,6 +10,8 @@ from. Checked against llama.cpp's own log in tests/test_planner.py.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -21,7 +23,7 @@ from .gguf_info import GGUFInfo, read_gguf
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from .memory import MemorySnapshot
+    from .memory import GpuMemory, MemorySnapshot
 
 MiB = 1024 * 1024
 CTX_PAD = 256  # llama-context.cpp: cparams.n_ctx = GGML_PAD(n_ctx, 256)
@@ -513,6 +515,84 @@ def _cpu_flags(flags: frozenset[str] | None) -> frozenset[str]:
     return cpu_flags()
 
 
+# --- placement across devices ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceShare:
+    """The layers one device gets: `first`..`last` of the repeating layers (-1: none), and the output layer.
+
+    `device` is "CPU", a GPU's name or an RPC device's ("RPC0"); `endpoint` is the RPC server
+    ("host:port"), empty for a local device. The CPU always keeps the input layer (token_embd).
+    """
+
+    device: str
+    endpoint: str
+    free: int
+    layers: int
+    first: int
+    last: int
+    output: bool
+
+
+def placement(n_layer: int, gpu_layers: int, gpus: tuple[GpuMemory, ...]) -> tuple[DeviceShare, ...]:
+    """Which device llama.cpp gives each layer when `gpu_layers` leave the CPU.
+
+    llama.cpp (`llama_prepare_model_devices`, llama.cpp l.276) lists RPC devices first, then
+    local GPUs; `load_tensors` (llama-model.cpp l.1557-1600) offloads layers from
+    n_layer + 1 - gpu_layers on (the output layer counts as layer n_layer) and, without a
+    tensor_split, gives each device a share proportional to the free memory it reports: layer
+    il goes to the first device whose cumulative share exceeds (il - start) / gpu_layers.
+    """
+    order = [x for x in gpus if x.endpoint] + [x for x in gpus if not x.endpoint]
+    g = n_layer + 1 if gpu_layers < 0 else min(gpu_layers, n_layer + 1)
+    if not order:
+        g = 0
+    start = max(n_layer + 1 - g, 0)
+    weights = [max(x.free, 0) for x in order]
+    if not sum(weights):
+        weights = [1] * len(order)
+    splits = list(itertools.accumulate(w / sum(weights) for w in weights))
+    owner: list[int] = []  # -1: the CPU
+    for il in range(n_layer + 1):
+        if il < start:
+            owner.append(-1)
+        else:
+            owner.append(min(bisect.bisect_right(splits, (il - start) / g), len(order) - 1))
+    out = []
+    for idx in range(-1, len(order)):
+        mine = [il for il in range(n_layer) if owner[il] == idx]
+        if idx >= 0 and not mine and owner[n_layer] != idx:
+            continue
+        dev = order[idx] if idx >= 0 else None
+        out.append(
+            DeviceShare(
+                device=dev.name if dev else "CPU",
+                endpoint=dev.endpoint if dev else "",
+                free=dev.free if dev else 0,
+                layers=len(mine),
+                first=mine[0] if mine else -1,
+                last=mine[-1] if mine else -1,
+                output=owner[n_layer] == idx,
+            )
+        )
+    return tuple(out)
+
+
+def describe_placement(devices: tuple[DeviceShare, ...]) -> str:
+    """One line: "CPU: input + layers 0-9 · RPC0 (127.0.0.1:50052): layers 10-29 + output"."""
+    parts = []
+    for d in devices:
+        what = [] if d.device != "CPU" else ["input"]
+        if d.layers:
+            what.append(f"layers {d.first}-{d.last}" if d.layers > 1 else f"layer {d.first}")
+        if d.output:
+            what.append("output")
+        name = f"{d.device} ({d.endpoint})" if d.endpoint else d.device
+        parts.append(f"{name}: {' + '.join(what)}")
+    return " · ".join(parts)
+
+
 # --- budgets ------------------------------------------------------------------------------
 
 
@@ -578,6 +658,7 @@ class Plan(Estimate):
     max_ctx_that_fits: int = 0
     reasons: tuple[str, ...] = ()
     compromises: tuple[str, ...] = ()  # the reasons the budget forced: said at load, not only by `plan`
+    devices: tuple[DeviceShare, ...] = ()  # where the layers go when any leave the CPU (placement())
 
     def engine_settings(self, model_path: str | Path, threads: int | None = None, seed: int = 0) -> EngineSettings:
         """The EngineSettings that make llama.cpp allocate what this plan predicts."""
@@ -788,15 +869,19 @@ def plan(
         )
     if e.flash_attn and flash_attn is None and tv != "f16":
         reasons.append(f"flash attention on: llama.cpp needs it for a {tv} V cache")
+    remote = [x for x in snapshot.gpus if x.endpoint]
+    gpu_word = (
+        "the GPU" if not remote else "RPC devices" if len(remote) == len(snapshot.gpus) else "GPUs and RPC devices"
+    )
     if can_offload and not snapshot.unified:
         if g == all_layers:
-            reasons.append(f"all {all_layers} layers (incl. the output layer) on the GPU")
+            reasons.append(f"all {all_layers} layers (incl. the output layer) on {gpu_word}")
         elif isinstance(gpu_layers, int):
-            reasons.append(f"{g} of {all_layers} layers on the GPU: as requested")
+            reasons.append(f"{g} of {all_layers} layers on {gpu_word}: as requested")
         else:
             forced.append(
-                f"{g} of {all_layers} layers on the GPU (llama.cpp offloads the output layer first, then the last "
-                f"repeating layers): more would not fit {_mib(b.gpu or 0)} of VRAM"
+                f"{g} of {all_layers} layers on {gpu_word} (llama.cpp offloads the output layer first, then the last "
+                f"repeating layers): more would not fit {_mib(b.gpu or 0)} of {'VRAM' if not remote else 'device memory'}"
             )
             reasons.append(forced[-1])
     elif snapshot.unified:
@@ -814,8 +899,19 @@ def plan(
     reasons.append(f"budget: {_describe_budget(b)} ({b.source})")
     if budget_bytes is not None and budget_bytes > snapshot.ram_available + sum(x.free for x in snapshot.gpus):
         reasons.append(f"the budget exceeds what is free now ({_mib(snapshot.ram_available)} RAM)")
+    devices = placement(s.n_layer, g, snapshot.gpus) if can_offload and not snapshot.unified else ()
     if len(snapshot.gpus) > 1 and not snapshot.unified:
-        reasons.append(f"{len(snapshot.gpus)} GPUs: llama.cpp splits the offloaded layers between them")
+        reasons.append(
+            f"{len(snapshot.gpus)} {'GPUs' if not remote else 'devices'}: llama.cpp splits the offloaded layers "
+            "between them by their free memory" + (", RPC devices first" if remote else "")
+        )
+    if remote:
+        reasons.append(
+            "remote devices (llama.cpp RPC): "
+            + "; ".join(f"{x.name} at {x.endpoint}, {_mib(x.free)} free of {_mib(x.total)}" for x in remote)
+            + ". Each token's activations cross the network at every device boundary, and saving a "
+            "conversation's state reads its KV cache back over it"
+        )
 
     fits_up_to = max_ctx(chosen, max(target, pad_ctx(trained)))
     return Plan(
@@ -827,6 +923,7 @@ def plan(
         max_ctx_that_fits=fits_up_to,
         reasons=tuple(reasons),
         compromises=tuple(forced),
+        devices=devices,
     )
 
 
@@ -902,6 +999,7 @@ def format_plan(p: Plan) -> RenderableType:
         ("KV cache", f"K {p.type_k} / V {p.type_v}, {p.kv_bytes_per_token:,} bytes per token"),
         ("flash attention", "on" if p.flash_attn else "off"),
         ("GPU layers", str(p.gpu_layers)),
+        *([("placement", describe_placement(p.devices))] if p.devices else []),
         ("batch", f"n_batch {p.n_batch}, n_ubatch {p.n_ubatch}"),
     ]
     if p.kv_cells_swa:
@@ -915,7 +1013,7 @@ def format_plan(p: Plan) -> RenderableType:
     table.add_column("part")
     table.add_column("RAM", justify="right")
     if has_gpu:
-        table.add_column("VRAM", justify="right")
+        table.add_column("RPC/GPU" if any(d.endpoint for d in p.devices) else "VRAM", justify="right")
     table.add_column("total", justify="right")
 
     def row(name: str, cpu: int, gpu: int = 0, *, style: str | None = None) -> None:
@@ -965,7 +1063,9 @@ __all__ = [
     "Plan",
     "budget_for",
     "checkpoint_bytes",
+    "DeviceShare",
     "describe_kind",
+    "describe_placement",
     "estimate",
     "estimate_settings",
     "fits_tokens",
@@ -973,6 +1073,7 @@ __all__ = [
     "kv_row_bytes",
     "llama_params",
     "pad_ctx",
+    "placement",
     "resume_cost",
     "plan",
     "plan_for_path",

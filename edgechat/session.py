@@ -38,6 +38,8 @@ from .engine import Checkpoint, Engine, Generation, Rewind, llama_build
 from .errors import BudgetError, BusyError, Cancelled, ConfigError, EdgechatError, StateError
 from .gguf_info import GGUFInfo, read_gguf
 from .lock import ConversationLock
+from .rpc import RemoteDevice, split_endpoints
+from .rpc import connect as connect_rpc
 from .shutdown import StopEvent  # noqa: F401 - part of the API: a stop flag with a reason
 from .state import StateFiles, model_fingerprint
 from .store import ConversationRecord, Message, NewMessage, Store
@@ -136,6 +138,8 @@ class Runtime:
         lock_timeout_s: float | None = None,
         on_notice: Notice | None = None,
         sampling: dict[str, Any] | None = None,
+        rpc: str | Sequence[str] | None = None,
+        rpc_allow_public: bool = False,
     ) -> None:
         self.paths = resolve_paths(home)
         self.defaults = load_defaults(self.paths)
@@ -171,6 +175,10 @@ class Runtime:
         self.sampling_overrides = check_sampling(
             {k: v for k, v in (sampling or {}).items() if v is not None}, "sampling"
         )
+        # llama.cpp RPC servers (`--rpc`, config.toml `rpc`): checked and registered at the first load.
+        self.rpc = split_endpoints(rpc if rpc is not None else d.rpc)
+        self.rpc_allow_public = rpc_allow_public
+        self.remote_devices: tuple[RemoteDevice, ...] = ()
         self.store = Store(self.paths.db_path)
         self.states = StateFiles(self.paths.states_dir)
         self.engine: Engine | None = None
@@ -210,6 +218,8 @@ class Runtime:
             return self.engine
         resolved = resolve_model(spec, self.paths, download=self.download)
         info = read_gguf(resolved.path)
+        if self.rpc and not self.remote_devices:  # before planning: their devices take layers like GPUs
+            self.remote_devices = connect_rpc(self.rpc, allow_public=self.rpc_allow_public, warn=self.on_notice)
         settings = None
         no_kv_asked = self.type_k is None and self.type_v is None
         state_types = self._saved_types(conversation) if conversation and no_kv_asked else None
