@@ -4,7 +4,7 @@
 An RPC client and server must speak the same protocol version (ggml-rpc.h
 RPC_PROTO_MAJOR_VERSION), so the server is built from the llama.cpp that the installed
 llama-cpp-python release vendors: that release's sdist from PyPI (`pip download
---no-binary :all:`), its `vendor/llama.cpp`, cmake with -DGGML_RPC=ON, only the
+--no-binary llama-cpp-python`), its `vendor/llama.cpp`, cmake with -DGGML_RPC=ON, only the
 `ggml-rpc-server` target. Versions match by construction.
 
 The binary is cached per llama-cpp-python version (and CMAKE_ARGS, e.g. -DGGML_CUDA=on for
@@ -93,7 +93,7 @@ def build(version: str, python: str, jobs: int) -> Path:
     with tempfile.TemporaryDirectory(prefix="edgechat-rpc-", dir=dest.parent) as tmp:
         work = Path(tmp)
         _run(
-            [python, "-m", "pip", "download", f"llama-cpp-python=={version}", "--no-binary", ":all:", "--no-deps",
+            [python, "-m", "pip", "download", f"llama-cpp-python=={version}", "--no-binary", "llama-cpp-python", "--no-deps",
              "-q", "-d", str(work)]
         )  # fmt: skip
         sdist = next(work.glob("llama_cpp_python-*.tar.gz"), None) or next(work.glob("llama-cpp-python-*.tar.gz"))

@@ -282,3 +282,30 @@ def test_placement_follows_llama_cpp_rpc_first_then_free_memory() -> None:
     assert (second.device, second.first, second.last, second.output) == ("GPU0", 8, 29, True)
     (only_cpu,) = placement(30, 0, (gpu, far))
     assert only_cpu.layers == 30
+
+
+@pytest.mark.asyncio
+async def test_the_status_line_shows_each_remote_device_and_its_memory(
+    home: Path, smollm2: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chat's status line: remote devices apart from local VRAM (the probe is stubbed: registering
+    a server in the test process would outlive it, and llama.cpp aborts on a vanished server)."""
+    from edgechat import Runtime
+    from edgechat.memory import MemorySnapshot
+    from edgechat.tui import app as tui
+
+    far = GpuMemory(0, "RPC0", 16 << 30, 12 << 30, 4 << 30, endpoint="192.168.1.20:50052")
+    snap = MemorySnapshot(8 << 30, 4 << 30, 1 << 30, (far,), gpu_source="rpc")
+    monkeypatch.setattr(tui, "probe", lambda: snap)
+    app = tui.EdgechatApp(lambda notice: Runtime(model=str(smollm2), home=home, on_notice=notice), autoload=False)
+    try:
+        async with app.run_test(size=(160, 30)) as pilot:
+            app.probe_memory()
+            deadline = time.monotonic() + 30
+            while "RPC 192.168.1.20:50052" not in app.status.render().plain:
+                assert time.monotonic() < deadline, app.status.render().plain
+                await pilot.pause(0.05)
+            text = app.status.render().plain
+            assert "RPC 192.168.1.20:50052 4.0 GB/16.0 GB" in text and "VRAM" not in text
+    finally:
+        assert app.shut_down(timeout=60)
