@@ -19,13 +19,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import KV_TYPES, EngineSettings, SamplingSettings
 from .errors import Cancelled, ConfigError, EdgechatError, ModelError, StateError
 from .gguf_info import GGUFInfo, read_gguf
 from .loop_guard import LoopGuard
 from .threads import ThreadControl
+
+if TYPE_CHECKING:
+    from .rpc import RemoteDevice
 
 CTX_PAD = 256
 _GGML_TYPE = {"f16": 1, "q4_0": 2, "q8_0": 8}
@@ -181,13 +184,19 @@ _ggml_lib: Any = None
 
 
 def _ggml() -> Any:
-    """libggml with the backend-registry prototypes declared (ggml-backend.h); llama-cpp-python binds none."""
+    """ggml's backend registry as libllama sees it, with the prototypes declared (ggml-backend.h).
+
+    The symbols are looked up through libllama's handle (dlsym searches its dependencies), not
+    through `llama_cpp._ggml.libggml`: a wheel cannot hold symlinks, so libggml.so and
+    libggml.so.0 are two copies of the library with two registries, and only the one libllama
+    loaded (by its SONAME) decides which devices a model is placed on.
+    """
     global _ggml_lib
     if _ggml_lib is not None:
         return _ggml_lib
-    from llama_cpp import _ggml as g
+    from llama_cpp import llama_cpp as lc
 
-    lib = g.libggml
+    lib = lc._lib
     vp, cp, sz = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t
     for name, args, res in (
         ("ggml_backend_reg_by_name", [cp], vp),
@@ -239,8 +248,8 @@ def rpc_protocol() -> tuple[int, int, int]:
 
 _PROTOCOL_PROBE = """
 import ctypes
-from llama_cpp import _ggml
-lib = _ggml.libggml
+from llama_cpp import llama_cpp as lc
+lib = lc._lib  # dlsym through libllama reaches the libggml it uses
 lib.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]; lib.ggml_backend_reg_by_name.restype = ctypes.c_void_p
 lib.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
 lib.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
@@ -305,7 +314,7 @@ def register_rpc(endpoint: str) -> tuple[str, ...]:
     return names
 
 
-def rpc_devices() -> tuple[Any, ...]:
+def rpc_devices() -> tuple[RemoteDevice, ...]:
     """Every RPC device registered in this process with the free memory its server reports now."""
     if not _RPC:
         return ()

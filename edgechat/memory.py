@@ -6,8 +6,9 @@ CPU-only llama.cpp build or a sandbox without /proc must still get a plan.
 
 VRAM comes from NVML (the `nvidia-ml-py` package, optional extra `[nvidia]`) and, when
 that is missing or fails, from ggml's own device query. llama-cpp-python 0.3.36 does not
-bind `ggml_backend_dev_*` in its Python API, but `llama_cpp._ggml` already loads libggml,
-which exports them, so the prototypes are declared here (ggml-backend.h).
+bind `ggml_backend_dev_*` in its Python API, but libllama's dependency libggml exports
+them, so the prototypes are declared here (ggml-backend.h). Devices of llama.cpp RPC
+servers registered with --rpc are listed too, with the memory their servers report.
 """
 
 from __future__ import annotations
@@ -265,9 +266,11 @@ def _ggml_gpus() -> tuple[GpuMemory, ...]:
     the RAM figures already cover. A CPU-only build reports just its CPU device: ().
     """
     try:
-        from llama_cpp import _ggml
+        from llama_cpp import llama_cpp as lc
 
-        lib = _ggml.libggml
+        # Through libllama's handle: llama_cpp._ggml.libggml can be a second copy of libggml
+        # (wheels hold no symlinks), with a registry of its own (see engine._ggml).
+        lib = lc._lib
         lib.ggml_backend_dev_count.argtypes = []
         lib.ggml_backend_dev_count.restype = ctypes.c_size_t
         lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]

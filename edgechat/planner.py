@@ -282,6 +282,7 @@ def _estimate(
     n_ubatch: int,
     swa_full: bool,
     gpu_offload: bool,
+    op_offload: bool = True,
 ) -> Estimate:
     _check_types(type_k, type_v, flash_attn)
     n_ctx = pad_ctx(n_ctx)
@@ -340,7 +341,7 @@ def _estimate(
     ckpt = checkpoint_bytes(s, type_k, type_v)
     ckpt_ram = CHECKPOINTS * ckpt
 
-    compute_cpu, compute_gpu = _compute(s, cells, on_gpu, output_gpu, ub, flash_attn, gpu_offload)
+    compute_cpu, compute_gpu = _compute(s, cells, on_gpu, output_gpu, ub, flash_attn, gpu_offload, op_offload)
     # llama-context.cpp output_reserve: logits for n_seq_max (1) outputs, f32, on the host.
     output = s.n_vocab * 4
     overhead = _overhead(s)
@@ -397,6 +398,7 @@ def _compute(
     ub: int,
     flash_attn: bool,
     gpu_offload: bool,
+    op_offload: bool = True,
 ) -> tuple[int, int]:
     """The compute buffers (host, GPU): ggml-alloc's peak of live tensors in the worst graph.
 
@@ -415,6 +417,9 @@ def _compute(
     ggml-backend's op offload (CUDA: batches of >= 32 tokens) copies CPU-resident
     weights up for their matrix products: at --gpu-layers 0 that is the output matrix,
     next to the logits. Fitted to llama.cpp's "compute buffer size" log within ~3%.
+    RPC devices offload no ops (ggml-rpc.cpp: `offload_op` is NULL), so with only remote
+    devices (`op_offload` False) the CPU computes its own layers and the logits when it keeps
+    the output layer, in a host buffer sized like a CPU-only one for those parts.
     """
     row = 4 * ub  # one f32 value per token of the micro-batch
     logits = row * (s.n_vocab + 3 * s.n_embd)
@@ -431,6 +436,11 @@ def _compute(
     ffn = row * (3 * s.n_ff + 2 * s.n_embd)
     if not gpu_offload:
         return max(logits, attention, ffn), 0
+    if not op_offload:
+        on_cpu = not all(on_gpu)
+        host = max(inputs + row * 2 * s.n_embd, max(attention, ffn) if on_cpu else 0, 0 if output_gpu else logits)
+        remote = max(logits if output_gpu else 0, attention, ffn) if any(on_gpu) or output_gpu else 0
+        return host, remote
     copies = s.max_layer_tensor if not all(on_gpu) else 0
     gpu = max(logits + (0 if output_gpu else s.output_weight), attention + copies, ffn + copies)
     host = inputs + row * 2 * s.n_embd  # graph inputs and the token embeddings, built on the host
@@ -776,6 +786,8 @@ def plan(
 
     # A smaller micro-batch is the last resort: it shrinks the compute buffer (logits for
     # n_ubatch tokens) at some cost in prefill speed.
+    # A local GPU runs the CPU layers' big matrix products too (op offload); RPC devices do not.
+    op_offload = not (snapshot.gpus and all(x.endpoint for x in snapshot.gpus))
     ub_choices = [n_ubatch]
     while ub_choices[-1] // 2 >= MIN_UBATCH:
         ub_choices.append(ub_choices[-1] // 2)
@@ -787,7 +799,7 @@ def plan(
         fa = flash_attn if flash_attn is not None else tv != "f16"
         return _estimate(
             s, n_ctx=ctx, type_k=tk, type_v=tv, flash_attn=fa, gpu_layers=g,
-            n_batch=n_batch, n_ubatch=ub, swa_full=swa_full, gpu_offload=can_offload,
+            n_batch=n_batch, n_ubatch=ub, swa_full=swa_full, gpu_offload=can_offload, op_offload=op_offload,
         )  # fmt: skip
 
     def max_ctx(rung: Rung, limit: int) -> int:
@@ -853,7 +865,7 @@ def plan(
     if any(s.swa) and swa_full and (chosen != ladder[0] or ctx < target):
         no_full = _estimate(
             s, n_ctx=ctx, type_k=tk, type_v=tv, flash_attn=e.flash_attn, gpu_layers=g,
-            n_batch=n_batch, n_ubatch=ub, swa_full=False, gpu_offload=can_offload,
+            n_batch=n_batch, n_ubatch=ub, swa_full=False, gpu_offload=can_offload, op_offload=op_offload,
         )  # fmt: skip
         reasons.append(
             f"swa_full off would cut the KV cache from {_mib(e.kv)} to {_mib(no_full.kv)}, "

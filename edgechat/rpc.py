@@ -173,7 +173,7 @@ def hello(endpoint: Endpoint, *, connect_timeout: float = CONNECT_TIMEOUT_S, tim
             size = struct.unpack("<Q", _recv_exact(sock, 8))[0]
             if size != HELLO_REPLY_SIZE:
                 raise EdgechatError(
-                    f"RPC server {where} speaks another RPC protocol (a {size}-byte HELLO reply)",
+                    f"{where} did not answer like a ggml-rpc-server of this protocol (a {size}-byte HELLO reply)",
                     "build the server from the same llama.cpp as this llama-cpp-python: scripts/build_rpc_server.py",
                 )
             reply = _recv_exact(sock, HELLO_REPLY_SIZE)
