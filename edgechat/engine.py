@@ -306,12 +306,41 @@ def register_rpc(endpoint: str) -> tuple[str, ...]:
     if not server:
         raise EdgechatError(f"RPC server {endpoint} has no devices", "start ggml-rpc-server with a device (-d)")
     lib.ggml_backend_register(server)
+    _say_aborts_in_one_line(lib)
     names = tuple(
         (lib.ggml_backend_dev_name(lib.ggml_backend_reg_dev_get(server, i)) or b"RPC").decode()
         for i in range(lib.ggml_backend_reg_dev_count(server))
     )
     _RPC[endpoint] = names
     return names
+
+
+_abort_callback: Any = None
+
+
+def _say_aborts_in_one_line(lib: Any) -> None:
+    """Make llama.cpp's abort a one-line error: once a model uses an RPC server, a server that
+    goes away ends the process (ggml-rpc.cpp RPC_STATUS_ASSERT), and ggml's default is a
+    backtrace (through gdb when installed) on the terminal. The process still aborts; what was
+    stored (the message, the reply streamed so far) stays."""
+    global _abort_callback
+    if _abort_callback is not None:
+        return
+
+    @ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+    def _one_line(message: bytes | None) -> None:
+        text = (message or b"").decode(errors="replace")
+        text = re.sub(r"^\S+:\d+: ", "", text).strip()  # drop ggml's source file:line
+        line = (
+            f"error: llama.cpp aborted: {text} — if an RPC server stopped or lost its connection, start it "
+            "again and rerun the command; the messages stored so far are kept\n"
+        )
+        os.write(2, line.encode())
+
+    fn = lib.ggml_set_abort_callback
+    fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_void_p
+    fn(ctypes.cast(_one_line, ctypes.c_void_p))
+    _abort_callback = _one_line  # llama.cpp keeps only the pointer
 
 
 def rpc_devices() -> tuple[RemoteDevice, ...]:

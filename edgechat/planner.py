@@ -924,6 +924,12 @@ def plan(
             + ". Each token's activations cross the network at every device boundary, and saving a "
             "conversation's state reads its KV cache back over it"
         )
+        if not e.flash_attn and any(d.endpoint and (d.layers or d.output) for d in devices):
+            reasons.append(
+                "flash attention is off: llama.cpp then stores V transposed and saves or restores it one row "
+                "per network round trip (scripts/bench_rpc.py: 37x slower than local over loopback, 2.5x with "
+                "--flash-attn on)"
+            )
 
     fits_up_to = max_ctx(chosen, max(target, pad_ctx(trained)))
     return Plan(

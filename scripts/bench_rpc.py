@@ -5,9 +5,11 @@ One run, in one process: starts the ggml-rpc-server that scripts/build_rpc_serve
 (on 127.0.0.1, a free port, --server-threads threads), then alternates the two placements
 --repeats times, each with a fresh engine: all layers local (--gpu-layers 0) and all
 layers on the server (--rpc, --gpu-layers -1). Per run: prefill tok/s of a --prompt-tokens
-prompt, decode tok/s of --gen-tokens greedy tokens, then the state save (to a file) and
-restore times of that context, which over RPC move the KV cache across the socket.
-Prints medians and the RPC/local ratios (JSON with --json).
+prompt (over the time to the first token), decode tok/s of --gen-tokens greedy tokens,
+then the state save (to a file) and restore times of that context, which over RPC move
+the KV cache across the socket; with flash attention off and on (--flash-attn), because
+without it the V cache is stored transposed and llama.cpp reads and writes it one row at a
+time, one RPC round trip each. Prints medians and the RPC/local ratios (JSON with --json).
 
     .venv/bin/python scripts/bench_rpc.py [-m MODEL] [--prompt-tokens 512] [--gen-tokens 64] [--repeats 3]
 
@@ -72,10 +74,12 @@ def prompt_tokens(rt: Runtime, n: int) -> list[int]:
     return tokens[:n]
 
 
-def one(model: str, home: Path, rpc: str | None, args: argparse.Namespace) -> dict[str, float]:
+def one(model: str, home: Path, rpc: str | None, flash_attn: bool, args: argparse.Namespace) -> dict[str, float]:
     options = {"rpc": rpc, "gpu_layers": -1} if rpc else {"gpu_layers": 0}
     ctx = args.prompt_tokens + args.gen_tokens + 64
-    with Runtime(model=model, home=home, ctx=ctx, threads=args.threads, kv_type="f16", **options) as rt:
+    with Runtime(
+        model=model, home=home, ctx=ctx, threads=args.threads, kv_type="f16", flash_attn=flash_attn, **options
+    ) as rt:
         engine = rt.load()
         tokens = prompt_tokens(rt, args.prompt_tokens)
         sampling = SamplingSettings(max_tokens=args.gen_tokens, temperature=0.0, repeat_penalty=1.0, loop_guard=False)
@@ -93,8 +97,10 @@ def one(model: str, home: Path, rpc: str | None, args: argparse.Namespace) -> di
             engine.load_state(path, held)
             load_s = time.perf_counter() - t0
             size = path.stat().st_size
+        # Prefill over the time to the first token: with RPC, llama_decode returns once the graph
+        # is sent (RPC_CMD_GRAPH_COMPUTE is asynchronous) and the wait lands on the first sample.
         return {
-            "prefill_tok_s": st.prefill_tokens / st.prefill_s,
+            "prefill_tok_s": st.prefill_tokens / st.ttft_s,
             "decode_tok_s": st.decode_tokens_per_s,
             "state_save_ms": save_s * 1000,
             "state_restore_ms": load_s * 1000,
@@ -111,26 +117,39 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="client CPU threads")
     ap.add_argument("--server-threads", type=int, default=1, help="ggml-rpc-server CPU threads")
+    ap.add_argument(
+        "--flash-attn",
+        default="off,on",
+        help="off, on or both: without it llama.cpp stores V transposed and a state save reads it row by row",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.model is None:
         from fetch_test_models import fetch
 
         args.model = str(fetch("smollm2-135m"))
+    fa_modes = [{"on": True, "off": False}[x.strip()] for x in args.flash_attn.split(",")]
     proc, endpoint = start_server(args.server_threads)
-    runs: dict[str, list[dict[str, float]]] = {"local": [], "rpc": []}
+    runs: dict[str, list[dict[str, float]]] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(args.repeats):
-                for mode in ("local", "rpc"):
-                    home = Path(tmp) / f"{mode}-{i}"
-                    runs[mode].append(one(args.model, home, endpoint if mode == "rpc" else None, args))
+                for fa in fa_modes:
+                    for where in ("local", "rpc"):
+                        mode = f"{where} fa={'on' if fa else 'off'}"
+                        home = Path(tmp) / f"{where}-{fa}-{i}"
+                        run = one(args.model, home, endpoint if where == "rpc" else None, fa, args)
+                        runs.setdefault(mode, []).append(run)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
     keys = ("prefill_tok_s", "decode_tok_s", "state_save_ms", "state_restore_ms", "state_mib")
     med = {mode: {k: statistics.median(r[k] for r in rs) for k in keys} for mode, rs in runs.items()}
-    ratio = {k: med["rpc"][k] / med["local"][k] for k in keys if med["local"][k]}
+    ratio = {
+        fa: {k: med[f"rpc fa={fa}"][k] / med[f"local fa={fa}"][k] for k in keys if med[f"local fa={fa}"][k]}
+        for fa in ("on", "off")
+        if f"rpc fa={fa}" in med
+    }
     report = {
         "model": Path(args.model).name,
         "endpoint": endpoint,
@@ -150,9 +169,11 @@ def main() -> None:
         f"{report['model']} · {args.prompt_tokens}-token prompt, {args.gen_tokens} generated · "
         f"{args.threads} client / {args.server_threads} server threads · median of {args.repeats}"
     )
-    print(f"{'':18}{'local':>10}{'rpc (loopback)':>16}{'rpc/local':>11}")
-    for k in keys:
-        print(f"{k:18}{med['local'][k]:>10.1f}{med['rpc'][k]:>16.1f}{ratio.get(k, 0):>11.2f}")
+    for fa, rel in ratio.items():
+        print(f"\nflash attention {fa}{'':6}{'local':>10}{'rpc (loopback)':>16}{'rpc/local':>11}")
+        for k in keys:
+            local, remote = med[f"local fa={fa}"][k], med[f"rpc fa={fa}"][k]
+            print(f"{k:27}{local:>10.1f}{remote:>16.1f}{rel.get(k, 0):>11.2f}")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ sources (scripts/test builds it, and installs llama-cpp-python with RPC). It run
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -57,9 +59,8 @@ def _one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> str:
 # --- a real server ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def rpc_server() -> Iterator[str]:
-    """A ggml-rpc-server on 127.0.0.1 (free port, one thread); yields "127.0.0.1:PORT"."""
+def _start_server() -> tuple[subprocess.Popen[bytes], str]:
+    """A ggml-rpc-server on 127.0.0.1 (free port, one thread), answering HELLO; skips without one."""
     if not HAS_RPC:
         pytest.skip("llama-cpp-python is built without RPC (scripts/test reinstalls it with CMAKE_ARGS=-DGGML_RPC=on)")
     from build_rpc_server import cached_binary
@@ -73,16 +74,23 @@ def rpc_server() -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     endpoint = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            rpc.hello(rpc.resolve(endpoint), timeout=2)
+            return proc, endpoint
+        except EdgechatError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def rpc_server() -> Iterator[str]:
+    """A ggml-rpc-server on 127.0.0.1 for the module; yields "127.0.0.1:PORT"."""
+    proc, endpoint = _start_server()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                rpc.hello(rpc.resolve(endpoint), timeout=2)
-                break
-            except EdgechatError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
         yield endpoint
     finally:
         proc.terminate()
@@ -220,6 +228,38 @@ def test_unreachable_wrong_version_and_public_servers_are_one_line_errors(
     r = run_cli("send", "-c", cid, "Next?", "-m", str(smollm2), *GREEDY, "--rpc", "8.8.8.8:50052", home=home)
     _one_line_error(r, "8.8.8.8:50052", "public address", "--rpc-allow-public", "SSH")
     _still_intact(home, smollm2, cid, before)
+
+
+@needs_rpc
+def test_a_server_that_dies_mid_reply_ends_the_process_in_one_line_and_keeps_the_reply_so_far(
+    home: Path, smollm2: Path
+) -> None:
+    """llama.cpp aborts when a server it uses goes away (it cannot be caught); the abort says so
+    in one line, and the message and the reply streamed so far are stored."""
+    proc, endpoint = _start_server()
+    try:
+        cmd = [sys.executable, "-m", "edgechat", "send", "--new", "Write a long story about a dragon.",
+               "-m", str(smollm2), *GREEDY[:4], "--max-tokens", "400", "--ctx", "1024", *THREADS,
+               "--rpc", endpoint, "--gpu-layers", "-1"]  # fmt: skip
+        env = {**os.environ, "EDGECHAT_HOME": str(home)}
+        client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        assert client.stdout is not None
+        got = client.stdout.read(80)  # the reply is streaming
+        assert got, client.stderr.read() if client.stderr else ""
+        time.sleep(1.0)  # past one streamed write (every 0.5 s)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    _out, err = client.communicate(timeout=120)
+    assert client.returncode != 0
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: llama.cpp aborted:"), lines
+    assert "RPC server" in lines[0]
+    r = run_cli("conversations", "list", "--json", home=home)
+    (conv,) = json.loads(r.stdout)
+    user, reply = _messages(home, conv["id"])
+    assert user["content"] == "Write a long story about a dragon."
+    assert reply["role"] == "assistant" and reply["partial"] and reply["content"].startswith(got.decode()[:40])
 
 
 @pytest.mark.skipif(HAS_RPC, reason="this llama-cpp-python has RPC")
