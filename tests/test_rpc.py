@@ -354,3 +354,12 @@ async def test_the_status_line_shows_each_remote_device_and_its_memory(
             assert "RPC 192.168.1.20:50052 4.0 GB/16.0 GB" in text and "VRAM" not in text
     finally:
         assert app.shut_down(timeout=60)
+
+
+def test_a_busy_server_is_named_not_waited_on_forever() -> None:
+    """A ggml-rpc-server serves one client at a time: the next connection is accepted by the
+    kernel and then left unanswered. The HELLO check gives up with a message that says so."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        with pytest.raises(EdgechatError, match=rf"127\.0\.0\.1:{port} accepted the connection but did not answer"):
+            rpc.hello(rpc.resolve(f"127.0.0.1:{port}"), timeout=0.3)
