@@ -126,11 +126,17 @@ class EngineOptions:
     budget_mb: int | None = None
     compaction: str | None = None
     swa_full: bool = False
+    rpc: tuple[str, ...] = ()  # llama.cpp RPC servers "host:port": their devices take layers like GPUs
+    rpc_allow_public: bool = False
 
     def given(self, *, kv_type: str | None = None, **given: Any) -> EngineOptions:
         """These options with keyword options as the CLI and the API spell them (None: not
         given); `kv_type` sets K and V alike unless `type_k`/`type_v` say otherwise."""
         values = {k: v for k, v in given.items() if v is not None}
+        if "rpc" in values:  # `--rpc a:1,b:2`, a list, or a tuple
+            from .rpc import split_endpoints
+
+            values["rpc"] = split_endpoints(values["rpc"])
         if kv_type is not None:
             values.setdefault("type_k", kv_type)
             values.setdefault("type_v", kv_type)
@@ -163,6 +169,7 @@ class EngineOptions:
             threads=self.threads or defaults.threads,
             budget_mb=self.budget_mb or defaults.budget_mb,
             compaction=self.compaction or defaults.compaction,
+            rpc=self.rpc or defaults.rpc,
         )
 
     @property
@@ -261,6 +268,7 @@ class Defaults:
     budget_mb: int | None = None
     compaction: str = "summarize"
     theme: str = "auto"  # the chat UI's: auto (from the terminal's COLORFGBG), light, dark, or a Textual theme name
+    rpc: tuple[str, ...] = ()  # llama.cpp RPC servers ("host:port") whose devices take layers like GPUs
     sampling: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -304,7 +312,7 @@ def load_defaults(paths: Paths) -> Defaults:
             problem = _bad_value(key, value)
             if problem:
                 raise ConfigError(f"{path}: defaults.{key} = {_toml_value(value)} {problem}", _VALUE_HINTS[key])
-            values[key] = value
+            values[key] = tuple(value) if key == "rpc" else value
     result = replace(Defaults(), **values, sampling=check_sampling(sampling, f"{path}: defaults"))
     if result.kv_type is not None and result.kv_type not in KV_TYPES:
         raise ConfigError(f"{path}: defaults.kv_type = {result.kv_type!r}", f"use one of {KV_TYPES}")
@@ -330,6 +338,7 @@ _VALUE_HINTS = {
     "temperature": "a number from 0 (greedy), e.g. temperature = 0.7",
     "seed": "a whole number, e.g. seed = 0",
     "theme": 'auto, light, dark or a Textual theme name, e.g. theme = "auto"',
+    "rpc": 'a list of llama.cpp RPC servers, e.g. rpc = ["127.0.0.1:50052"]',
 }
 _STRINGS = ("model", "system_prompt", "kv_type", "compaction", "theme")
 _POSITIVE = ("ctx", "threads", "budget_mb", "max_tokens")
@@ -360,6 +369,9 @@ def _bad_value(key: str, value: Any) -> str:
         return "" if ok else "is not a number >= 0"
     if key == "gpu_layers":
         return "" if value == "auto" or is_int else 'is not "auto" or a whole number'
+    if key == "rpc":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return "" if ok else "is not a list of strings"
     return ""
 
 

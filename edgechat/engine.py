@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
+    from .rpc import RemoteDevice
+
 _GGML_TYPE = {"f16": 1, "q4_0": 2, "q8_0": 8}
 # Plain-text turns for models without a chat template (base models such as Gemma 3 270M).
 FALLBACK_TEMPLATE = (
@@ -154,9 +156,216 @@ def llama_build() -> str:
 
 
 def supports_gpu_offload() -> bool:
+    """Whether layers can leave the CPU: a GPU backend in this build, or RPC servers registered here.
+
+    llama.cpp's own answer is true for every RPC-enabled build, even with no server registered
+    (llama.cpp `llama_supports_gpu_offload` ORs in `llama_supports_rpc`), so that case asks
+    whether a local GPU device exists.
+    """
     import llama_cpp
 
-    return bool(llama_cpp.llama_supports_gpu_offload())
+    if not llama_cpp.llama_supports_gpu_offload():
+        return False
+    if not llama_cpp.llama_supports_rpc() or _RPC:
+        return True
+    lib = _ggml()
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        if lib.ggml_backend_dev_type(dev) in (GGML_DEV_GPU, GGML_DEV_IGPU) and not _is_rpc_device(lib, dev):
+            return True
+    return False
+
+
+# --- llama.cpp RPC servers as devices (checked first by rpc.py) ----------------------------
+
+# Endpoints registered in this process, in order. ggml keeps registrations for the life of the
+# process and registering one twice would list its devices twice, so this is the book.
+_RPC: dict[str, tuple[str, ...]] = {}
+# ggml-rpc.h RPC_PROTO_{MAJOR,MINOR,PATCH}_VERSION of the llama.cpp vendored in each
+# llama-cpp-python release (not exported by the library); other versions are asked (see rpc_protocol).
+_RPC_PROTOCOLS = {"0.3.36": (7, 0, 0)}
+_rpc_protocol: tuple[int, int, int] | None = None
+_ggml_lib: Any = None
+
+
+def _ggml() -> Any:
+    """ggml's backend registry as libllama sees it, with the prototypes declared (ggml-backend.h).
+
+    The symbols are looked up through libllama's handle (dlsym searches its dependencies), not
+    through `llama_cpp._ggml.libggml`: a wheel cannot hold symlinks, so libggml.so and
+    libggml.so.0 are two copies of the library with two registries, and only the one libllama
+    loaded (by its SONAME) decides which devices a model is placed on.
+    """
+    global _ggml_lib
+    if _ggml_lib is not None:
+        return _ggml_lib
+    from llama_cpp import llama_cpp as lc
+
+    lib = lc._lib
+    vp, cp, sz = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t
+    for name, args, res in (
+        ("ggml_backend_reg_by_name", [cp], vp),
+        ("ggml_backend_reg_get_proc_address", [vp, cp], vp),
+        ("ggml_backend_register", [vp], None),
+        ("ggml_backend_reg_name", [vp], cp),
+        ("ggml_backend_reg_dev_count", [vp], sz),
+        ("ggml_backend_reg_dev_get", [vp, sz], vp),
+        ("ggml_backend_dev_count", [], sz),
+        ("ggml_backend_dev_get", [sz], vp),
+        ("ggml_backend_dev_type", [vp], ctypes.c_int),
+        ("ggml_backend_dev_backend_reg", [vp], vp),
+        ("ggml_backend_dev_name", [vp], cp),
+        ("ggml_backend_dev_description", [vp], cp),
+        ("ggml_backend_dev_memory", [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)], None),
+    ):
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, res
+    _ggml_lib = lib
+    return lib
+
+
+def _is_rpc_device(lib: Any, dev: int) -> bool:
+    reg = lib.ggml_backend_dev_backend_reg(dev)
+    return bool(reg) and lib.ggml_backend_reg_name(reg) == b"RPC"
+
+
+def supports_rpc() -> bool:
+    """Whether this llama-cpp-python was built with -DGGML_RPC=on (a plain pip install is not)."""
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_rpc())
+
+
+def rpc_protocol() -> tuple[int, int, int]:
+    """The RPC protocol version this llama.cpp's client speaks: (major, minor, patch).
+
+    Not exported by the library, so: the known value for this llama-cpp-python release, or
+    else what this libggml's own server code prints when started in a child process with an
+    endpoint it rejects at once ("Starting RPC server vX.Y.Z", ggml_backend_rpc_start_server).
+    """
+    global _rpc_protocol
+    if _rpc_protocol is None:
+        import llama_cpp
+
+        _rpc_protocol = _RPC_PROTOCOLS.get(llama_cpp.__version__) or _ask_rpc_protocol()
+    return _rpc_protocol
+
+
+_PROTOCOL_PROBE = """
+import ctypes
+from llama_cpp import llama_cpp as lc
+lib = lc._lib  # dlsym through libllama reaches the libggml it uses
+lib.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]; lib.ggml_backend_reg_by_name.restype = ctypes.c_void_p
+lib.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+lib.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+lib.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]; lib.ggml_backend_dev_by_type.restype = ctypes.c_void_p
+reg = lib.ggml_backend_reg_by_name(b"RPC")
+start = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t,
+    ctypes.POINTER(ctypes.c_void_p))(lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_rpc_start_server"))
+devs = (ctypes.c_void_p * 1)(lib.ggml_backend_dev_by_type(0))
+start(b"no-port", None, 1, 1, devs)  # prints its version, then refuses the endpoint and returns
+"""
+
+
+def _ask_rpc_protocol() -> tuple[int, int, int]:
+    import subprocess
+
+    try:
+        out = subprocess.run([sys.executable, "-c", _PROTOCOL_PROBE], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    found = re.search(r"RPC server v(\d+)\.(\d+)\.(\d+)", out)
+    if not found:
+        raise EdgechatError(
+            f"cannot tell which RPC protocol {llama_build()} speaks",
+            "install the llama-cpp-python version edgechat pins (see pyproject.toml), built with RPC",
+        )
+    major, minor, patch = (int(x) for x in found.groups())
+    return major, minor, patch
+
+
+def registered_rpc() -> tuple[str, ...]:
+    """The RPC endpoints registered in this process, in order."""
+    return tuple(_RPC)
+
+
+def register_rpc(endpoint: str) -> tuple[str, ...]:
+    """Add one checked RPC server to ggml's device list, before any model loads; returns its device names.
+
+    llama.cpp's `add_rpc_devices` (common/arg.cpp) does the same: the RPC registry's
+    `ggml_backend_rpc_add_server` connects and lists the server's devices, and registering
+    its result makes them devices like any GPU (type GPU, placed first: llama.cpp puts RPC
+    devices ahead of local GPUs). Call rpc.connect, not this: a server that cannot be reached
+    or speaks another protocol version aborts the process in here.
+    """
+    if endpoint in _RPC:
+        return _RPC[endpoint]
+    lib = _ggml()
+    reg = lib.ggml_backend_reg_by_name(b"RPC")
+    if not reg:
+        raise ConfigError(f"this llama-cpp-python ({llama_build()}) has no RPC backend", "rebuild it with RPC")
+    add = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)(
+        lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_rpc_add_server")
+    )
+    server = add(endpoint.encode())
+    if not server:
+        raise EdgechatError(f"RPC server {endpoint} has no devices", "start ggml-rpc-server with a device (-d)")
+    lib.ggml_backend_register(server)
+    _say_aborts_in_one_line(lib)
+    names = tuple(
+        (lib.ggml_backend_dev_name(lib.ggml_backend_reg_dev_get(server, i)) or b"RPC").decode()
+        for i in range(lib.ggml_backend_reg_dev_count(server))
+    )
+    _RPC[endpoint] = names
+    return names
+
+
+_abort_callback: Any = None
+
+
+def _say_aborts_in_one_line(lib: Any) -> None:
+    """Make llama.cpp's abort a one-line error: once a model uses an RPC server, a server that
+    goes away ends the process (ggml-rpc.cpp RPC_STATUS_ASSERT), and ggml's default is a
+    backtrace (through gdb when installed) on the terminal. The process still aborts; what was
+    stored (the message, the reply streamed so far) stays."""
+    global _abort_callback
+    if _abort_callback is not None:
+        return
+
+    @ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+    def _one_line(message: bytes | None) -> None:
+        text = (message or b"").decode(errors="replace")
+        text = re.sub(r"^\S+:\d+: ", "", text).strip()  # drop ggml's source file:line
+        line = (
+            f"error: llama.cpp aborted: {text} — if an RPC server stopped or lost its connection, start it "
+            "again and rerun the command; the messages stored so far are kept\n"
+        )
+        os.write(2, line.encode())
+
+    fn = lib.ggml_set_abort_callback
+    fn.argtypes, fn.restype = [ctypes.c_void_p], ctypes.c_void_p
+    fn(ctypes.cast(_one_line, ctypes.c_void_p))
+    _abort_callback = _one_line  # llama.cpp keeps only the pointer
+
+
+def rpc_devices() -> tuple[RemoteDevice, ...]:
+    """Every RPC device registered in this process with the free memory its server reports now."""
+    if not _RPC:
+        return ()
+    from .rpc import RemoteDevice
+
+    lib = _ggml()
+    out = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        if not _is_rpc_device(lib, dev):
+            continue
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        name = (lib.ggml_backend_dev_name(dev) or b"RPC").decode(errors="replace")
+        where = (lib.ggml_backend_dev_description(dev) or b"").decode(errors="replace")
+        out.append(RemoteDevice(name, where, free.value, total.value))
+    return tuple(out)
 
 
 GGML_DEV_CPU, GGML_DEV_GPU, GGML_DEV_IGPU, GGML_DEV_ACCEL = range(4)  # enum ggml_backend_dev_type
@@ -173,30 +382,13 @@ class GgmlDevice:
 
 
 def ggml_devices() -> tuple[GgmlDevice, ...]:
-    """Every device ggml can use (CUDA, ROCm, Vulkan, SYCL..., the CPU too); raises when it cannot ask.
-
-    llama-cpp-python 0.3.36 does not bind `ggml_backend_dev_*` in its Python API, but
-    `llama_cpp._ggml` already loads libggml, which exports them, so the prototypes are
-    declared here (ggml-backend.h).
-    """
-    from llama_cpp import _ggml
-
-    lib = _ggml.libggml
-    lib.ggml_backend_dev_count.argtypes = []
-    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_dev_type.restype = ctypes.c_int
-    lib.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_dev_description.restype = ctypes.c_char_p
-    size_p = ctypes.POINTER(ctypes.c_size_t)
-    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
-    lib.ggml_backend_dev_memory.restype = None
+    """Every local device ggml can use (CUDA, ROCm, Vulkan, SYCL..., the CPU too); raises when it
+    cannot ask. Devices of RPC servers are left out: `rpc_devices` lists them, with their server."""
+    lib = _ggml()
     out: list[GgmlDevice] = []
     for i in range(lib.ggml_backend_dev_count()):
         dev = lib.ggml_backend_dev_get(i)
-        if not dev:
+        if not dev or _is_rpc_device(lib, dev):
             continue
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
         lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))

@@ -6,7 +6,8 @@ CPU-only llama.cpp build or a sandbox without /proc must still get a plan.
 
 VRAM comes from NVML (the `nvidia-ml-py` package, optional extra `[nvidia]`) and, when
 that is missing or fails, from ggml's own device query, which engine.py (the one module
-that talks to llama.cpp) makes for us.
+that talks to llama.cpp) makes for us. Devices of llama.cpp RPC servers registered with
+--rpc are listed too, with the memory their servers report.
 """
 
 from __future__ import annotations
@@ -22,13 +23,18 @@ from types import TracebackType
 
 @dataclass(frozen=True)
 class GpuMemory:
-    """One accelerator's memory in bytes, as its driver reports it now."""
+    """One accelerator's memory in bytes, as its driver reports it now.
+
+    `endpoint` is set for a device on a llama.cpp RPC server ("host:port"); its figures are
+    what that server reports, and llama.cpp places layers on it like on a local GPU.
+    """
 
     index: int
     name: str
     total: int
     free: int
     used: int
+    endpoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ class MemorySnapshot:
     process_rss: int
     gpus: tuple[GpuMemory, ...] = ()
     unified: bool = False
-    gpu_source: str = "none"  # "nvml" | "ggml" | "unified" | "none"
+    gpu_source: str = "none"  # "nvml" | "ggml" | "unified" | "rpc" (remote devices only) | "none"
     # CPU features that change what llama.cpp allocates (the CPU_REPACK weight copies):
     # "avx2", "avx512f", "dotprod", "i8mm". Empty: none known.
     cpu_flags: frozenset[str] = frozenset()
@@ -66,8 +72,15 @@ def probe(*, gpus: bool = True) -> MemorySnapshot:
     if not found and _build_can_offload():
         found = _ggml_gpus()
         source = "ggml"
+    remote = _rpc_gpus(len(found))
     return MemorySnapshot(
-        total, available, rss, found, unified=False, gpu_source=source if found else "none", cpu_flags=flags
+        total,
+        available,
+        rss,
+        found + remote,
+        unified=False,
+        gpu_source=source if found else ("rpc" if remote else "none"),
+        cpu_flags=flags,
     )
 
 
@@ -225,6 +238,20 @@ def _build_can_offload() -> bool:
         return supports_gpu_offload()
     except Exception:  # noqa: BLE001 - no llama_cpp: nothing to ask
         return False
+
+
+def _rpc_gpus(first_index: int) -> tuple[GpuMemory, ...]:
+    """Devices of the llama.cpp RPC servers this process registered (--rpc), with the memory they report."""
+    try:
+        from .engine import rpc_devices
+
+        devices = rpc_devices()
+    except Exception:  # noqa: BLE001 - a probe never raises
+        return ()
+    return tuple(
+        GpuMemory(first_index + i, d.name, d.total, d.free, d.total - d.free, endpoint=d.endpoint)
+        for i, d in enumerate(devices)
+    )
 
 
 def _ggml_gpus() -> tuple[GpuMemory, ...]:

@@ -10,6 +10,8 @@ from. Checked against llama.cpp's own log in tests/test_planner.py.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -21,7 +23,7 @@ from .gguf_info import GGUFInfo, read_gguf
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from .memory import MemorySnapshot
+    from .memory import GpuMemory, MemorySnapshot
 
 MiB = 1024 * 1024
 CTX_PAD = 256  # llama-context.cpp: cparams.n_ctx = GGML_PAD(n_ctx, 256)
@@ -280,6 +282,7 @@ def _estimate(
     n_ubatch: int,
     swa_full: bool,
     gpu_offload: bool,
+    op_offload: bool = True,
 ) -> Estimate:
     _check_types(type_k, type_v, flash_attn)
     n_ctx = pad_ctx(n_ctx)
@@ -338,7 +341,7 @@ def _estimate(
     ckpt = checkpoint_bytes(s, type_k, type_v)
     ckpt_ram = CHECKPOINTS * ckpt
 
-    compute_cpu, compute_gpu = _compute(s, cells, on_gpu, output_gpu, ub, flash_attn, gpu_offload)
+    compute_cpu, compute_gpu = _compute(s, cells, on_gpu, output_gpu, ub, flash_attn, gpu_offload, op_offload)
     # llama-context.cpp output_reserve: logits for n_seq_max (1) outputs, f32, on the host.
     output = s.n_vocab * 4
     overhead = _overhead(s)
@@ -395,6 +398,7 @@ def _compute(
     ub: int,
     flash_attn: bool,
     gpu_offload: bool,
+    op_offload: bool = True,
 ) -> tuple[int, int]:
     """The compute buffers (host, GPU): ggml-alloc's peak of live tensors in the worst graph.
 
@@ -413,6 +417,9 @@ def _compute(
     ggml-backend's op offload (CUDA: batches of >= 32 tokens) copies CPU-resident
     weights up for their matrix products: at --gpu-layers 0 that is the output matrix,
     next to the logits. Fitted to llama.cpp's "compute buffer size" log within ~3%.
+    RPC devices offload no ops (ggml-rpc.cpp: `offload_op` is NULL), so with only remote
+    devices (`op_offload` False) the CPU computes its own layers and the logits when it keeps
+    the output layer, in a host buffer sized like a CPU-only one for those parts.
     """
     row = 4 * ub  # one f32 value per token of the micro-batch
     logits = row * (s.n_vocab + 3 * s.n_embd)
@@ -429,6 +436,11 @@ def _compute(
     ffn = row * (3 * s.n_ff + 2 * s.n_embd)
     if not gpu_offload:
         return max(logits, attention, ffn), 0
+    if not op_offload:
+        on_cpu = not all(on_gpu)
+        host = max(inputs + row * 2 * s.n_embd, max(attention, ffn) if on_cpu else 0, 0 if output_gpu else logits)
+        remote = max(logits if output_gpu else 0, attention, ffn) if any(on_gpu) or output_gpu else 0
+        return host, remote
     copies = s.max_layer_tensor if not all(on_gpu) else 0
     gpu = max(logits + (0 if output_gpu else s.output_weight), attention + copies, ffn + copies)
     host = inputs + row * 2 * s.n_embd  # graph inputs and the token embeddings, built on the host
@@ -513,6 +525,84 @@ def _cpu_flags(flags: frozenset[str] | None) -> frozenset[str]:
     return cpu_flags()
 
 
+# --- placement across devices ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceShare:
+    """The layers one device gets: `first`..`last` of the repeating layers (-1: none), and the output layer.
+
+    `device` is "CPU", a GPU's name or an RPC device's ("RPC0"); `endpoint` is the RPC server
+    ("host:port"), empty for a local device. The CPU always keeps the input layer (token_embd).
+    """
+
+    device: str
+    endpoint: str
+    free: int
+    layers: int
+    first: int
+    last: int
+    output: bool
+
+
+def placement(n_layer: int, gpu_layers: int, gpus: tuple[GpuMemory, ...]) -> tuple[DeviceShare, ...]:
+    """Which device llama.cpp gives each layer when `gpu_layers` leave the CPU.
+
+    llama.cpp (`llama_prepare_model_devices`, llama.cpp l.276) lists RPC devices first, then
+    local GPUs; `load_tensors` (llama-model.cpp l.1557-1600) offloads layers from
+    n_layer + 1 - gpu_layers on (the output layer counts as layer n_layer) and, without a
+    tensor_split, gives each device a share proportional to the free memory it reports: layer
+    il goes to the first device whose cumulative share exceeds (il - start) / gpu_layers.
+    """
+    order = [x for x in gpus if x.endpoint] + [x for x in gpus if not x.endpoint]
+    g = n_layer + 1 if gpu_layers < 0 else min(gpu_layers, n_layer + 1)
+    if not order:
+        g = 0
+    start = max(n_layer + 1 - g, 0)
+    weights = [max(x.free, 0) for x in order]
+    if not sum(weights):
+        weights = [1] * len(order)
+    splits = list(itertools.accumulate(w / sum(weights) for w in weights))
+    owner: list[int] = []  # -1: the CPU
+    for il in range(n_layer + 1):
+        if il < start:
+            owner.append(-1)
+        else:
+            owner.append(min(bisect.bisect_right(splits, (il - start) / g), len(order) - 1))
+    out = []
+    for idx in range(-1, len(order)):
+        mine = [il for il in range(n_layer) if owner[il] == idx]
+        if idx >= 0 and not mine and owner[n_layer] != idx:
+            continue
+        dev = order[idx] if idx >= 0 else None
+        out.append(
+            DeviceShare(
+                device=dev.name if dev else "CPU",
+                endpoint=dev.endpoint if dev else "",
+                free=dev.free if dev else 0,
+                layers=len(mine),
+                first=mine[0] if mine else -1,
+                last=mine[-1] if mine else -1,
+                output=owner[n_layer] == idx,
+            )
+        )
+    return tuple(out)
+
+
+def describe_placement(devices: tuple[DeviceShare, ...]) -> str:
+    """One line: "CPU: input + layers 0-9 · RPC0 (127.0.0.1:50052): layers 10-29 + output"."""
+    parts = []
+    for d in devices:
+        what = [] if d.device != "CPU" else ["input"]
+        if d.layers:
+            what.append(f"layers {d.first}-{d.last}" if d.layers > 1 else f"layer {d.first}")
+        if d.output:
+            what.append("output")
+        name = f"{d.device} ({d.endpoint})" if d.endpoint else d.device
+        parts.append(f"{name}: {' + '.join(what)}")
+    return " · ".join(parts)
+
+
 # --- budgets ------------------------------------------------------------------------------
 
 
@@ -578,6 +668,7 @@ class Plan(Estimate):
     max_ctx_that_fits: int = 0
     reasons: tuple[str, ...] = ()
     compromises: tuple[str, ...] = ()  # the reasons the budget forced: said at load, not only by `plan`
+    devices: tuple[DeviceShare, ...] = ()  # where the layers go when any leave the CPU (placement())
 
     def engine_settings(self, model_path: str | Path, threads: int | None = None, seed: int = 0) -> EngineSettings:
         """The EngineSettings that make llama.cpp allocate what this plan predicts."""
@@ -695,6 +786,8 @@ def plan(
 
     # A smaller micro-batch is the last resort: it shrinks the compute buffer (logits for
     # n_ubatch tokens) at some cost in prefill speed.
+    # A local GPU runs the CPU layers' big matrix products too (op offload); RPC devices do not.
+    op_offload = not (snapshot.gpus and all(x.endpoint for x in snapshot.gpus))
     ub_choices = [n_ubatch]
     while ub_choices[-1] // 2 >= MIN_UBATCH:
         ub_choices.append(ub_choices[-1] // 2)
@@ -706,7 +799,7 @@ def plan(
         fa = flash_attn if flash_attn is not None else tv != "f16"
         return _estimate(
             s, n_ctx=ctx, type_k=tk, type_v=tv, flash_attn=fa, gpu_layers=g,
-            n_batch=n_batch, n_ubatch=ub, swa_full=swa_full, gpu_offload=can_offload,
+            n_batch=n_batch, n_ubatch=ub, swa_full=swa_full, gpu_offload=can_offload, op_offload=op_offload,
         )  # fmt: skip
 
     def max_ctx(rung: Rung, limit: int) -> int:
@@ -772,7 +865,7 @@ def plan(
     if any(s.swa) and swa_full and (chosen != ladder[0] or ctx < target):
         no_full = _estimate(
             s, n_ctx=ctx, type_k=tk, type_v=tv, flash_attn=e.flash_attn, gpu_layers=g,
-            n_batch=n_batch, n_ubatch=ub, swa_full=False, gpu_offload=can_offload,
+            n_batch=n_batch, n_ubatch=ub, swa_full=False, gpu_offload=can_offload, op_offload=op_offload,
         )  # fmt: skip
         reasons.append(
             f"swa_full off would cut the KV cache from {_mib(e.kv)} to {_mib(no_full.kv)}, "
@@ -788,15 +881,19 @@ def plan(
         )
     if e.flash_attn and flash_attn is None and tv != "f16":
         reasons.append(f"flash attention on: llama.cpp needs it for a {tv} V cache")
+    remote = [x for x in snapshot.gpus if x.endpoint]
+    gpu_word = (
+        "the GPU" if not remote else "RPC devices" if len(remote) == len(snapshot.gpus) else "GPUs and RPC devices"
+    )
     if can_offload and not snapshot.unified:
         if g == all_layers:
-            reasons.append(f"all {all_layers} layers (incl. the output layer) on the GPU")
+            reasons.append(f"all {all_layers} layers (incl. the output layer) on {gpu_word}")
         elif isinstance(gpu_layers, int):
-            reasons.append(f"{g} of {all_layers} layers on the GPU: as requested")
+            reasons.append(f"{g} of {all_layers} layers on {gpu_word}: as requested")
         else:
             forced.append(
-                f"{g} of {all_layers} layers on the GPU (llama.cpp offloads the output layer first, then the last "
-                f"repeating layers): more would not fit {_mib(b.gpu or 0)} of VRAM"
+                f"{g} of {all_layers} layers on {gpu_word} (llama.cpp offloads the output layer first, then the last "
+                f"repeating layers): more would not fit {_mib(b.gpu or 0)} of {'VRAM' if not remote else 'device memory'}"
             )
             reasons.append(forced[-1])
     elif snapshot.unified:
@@ -814,8 +911,25 @@ def plan(
     reasons.append(f"budget: {_describe_budget(b)} ({b.source})")
     if budget_bytes is not None and budget_bytes > snapshot.ram_available + sum(x.free for x in snapshot.gpus):
         reasons.append(f"the budget exceeds what is free now ({_mib(snapshot.ram_available)} RAM)")
+    devices = placement(s.n_layer, g, snapshot.gpus) if can_offload and not snapshot.unified else ()
     if len(snapshot.gpus) > 1 and not snapshot.unified:
-        reasons.append(f"{len(snapshot.gpus)} GPUs: llama.cpp splits the offloaded layers between them")
+        reasons.append(
+            f"{len(snapshot.gpus)} {'GPUs' if not remote else 'devices'}: llama.cpp splits the offloaded layers "
+            "between them by their free memory" + (", RPC devices first" if remote else "")
+        )
+    if remote:
+        reasons.append(
+            "remote devices (llama.cpp RPC): "
+            + "; ".join(f"{x.name} at {x.endpoint}, {_mib(x.free)} free of {_mib(x.total)}" for x in remote)
+            + ". Each token's activations cross the network at every device boundary, and saving a "
+            "conversation's state reads its KV cache back over it"
+        )
+        if not e.flash_attn and any(d.endpoint and (d.layers or d.output) for d in devices):
+            reasons.append(
+                "flash attention is off: llama.cpp then stores V transposed and saves or restores it one row "
+                "per network round trip (scripts/bench_rpc.py: 37x slower than local over loopback, 2.5x with "
+                "--flash-attn on)"
+            )
 
     fits_up_to = max_ctx(chosen, max(target, pad_ctx(trained)))
     return Plan(
@@ -827,6 +941,7 @@ def plan(
         max_ctx_that_fits=fits_up_to,
         reasons=tuple(reasons),
         compromises=tuple(forced),
+        devices=devices,
     )
 
 
@@ -902,6 +1017,7 @@ def format_plan(p: Plan) -> RenderableType:
         ("KV cache", f"K {p.type_k} / V {p.type_v}, {p.kv_bytes_per_token:,} bytes per token"),
         ("flash attention", "on" if p.flash_attn else "off"),
         ("GPU layers", str(p.gpu_layers)),
+        *([("placement", describe_placement(p.devices))] if p.devices else []),
         ("batch", f"n_batch {p.n_batch}, n_ubatch {p.n_ubatch}"),
     ]
     if p.kv_cells_swa:
@@ -915,7 +1031,7 @@ def format_plan(p: Plan) -> RenderableType:
     table.add_column("part")
     table.add_column("RAM", justify="right")
     if has_gpu:
-        table.add_column("VRAM", justify="right")
+        table.add_column("RPC/GPU" if any(d.endpoint for d in p.devices) else "VRAM", justify="right")
     table.add_column("total", justify="right")
 
     def row(name: str, cpu: int, gpu: int = 0, *, style: str | None = None) -> None:
@@ -965,7 +1081,9 @@ __all__ = [
     "Plan",
     "budget_for",
     "checkpoint_bytes",
+    "DeviceShare",
     "describe_kind",
+    "describe_placement",
     "estimate",
     "estimate_settings",
     "fits_tokens",
@@ -973,6 +1091,7 @@ __all__ = [
     "kv_row_bytes",
     "llama_params",
     "pad_ctx",
+    "placement",
     "resume_cost",
     "plan",
     "plan_for_path",

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from . import compaction as compact
 from . import model_cache, testhooks
@@ -40,6 +40,9 @@ from .shutdown import StopEvent  # noqa: F401 - part of the API: a stop flag wit
 from .state import StateFiles, model_fingerprint
 from .state_cache import StateCache, common_prefix
 from .store import ConversationRecord, Message, NewMessage, Store
+
+if TYPE_CHECKING:
+    from .rpc import RemoteDevice
 
 Notice = Callable[[str], None]
 # A streaming reply is written to the store this often (whichever comes first), so a process
@@ -137,11 +140,14 @@ class Runtime:
         lock_timeout_s: float | None = None,
         on_notice: Notice | None = None,
         sampling: dict[str, Any] | None = None,
+        rpc: str | Sequence[str] | None = None,
+        rpc_allow_public: bool | None = None,
     ) -> None:
         # What the caller asked for; `load` adds config.toml's choices where these leave one open.
         self.asked = (options or EngineOptions()).given(
             model=model, kv_type=kv_type, type_k=type_k, type_v=type_v, ctx=ctx, gpu_layers=gpu_layers,
             threads=threads, budget_mb=budget_mb, compaction=compaction, flash_attn=flash_attn, swa_full=swa_full,
+            rpc=rpc, rpc_allow_public=rpc_allow_public,
         )  # fmt: skip
         self._home = home
         self.paths = resolve_paths(home)
@@ -163,6 +169,8 @@ class Runtime:
         self.sampling_overrides = check_sampling(
             {k: v for k, v in (sampling or {}).items() if v is not None}, "sampling"
         )
+        # llama.cpp RPC servers (options.rpc: `--rpc`, config.toml `rpc`) are registered at the first load.
+        self.remote_devices: tuple[RemoteDevice, ...] = ()
         self.store = Store(self.paths.db_path)
         self.states = StateFiles(self.paths.states_dir)
         self.cache = StateCache(self.states, lambda msg: self.on_notice(msg))
@@ -250,6 +258,11 @@ class Runtime:
             return self.engine
         resolved = resolve_model(spec, self.paths, download=self.download, notice=self.on_notice)
         info = model_cache.header(resolved.path, self.paths.model_cache)
+        if self.options.rpc and not self.remote_devices:  # before planning: their devices take layers like GPUs
+            from .rpc import connect
+
+            o = self.options
+            self.remote_devices = connect(o.rpc, allow_public=o.rpc_allow_public, warn=self.on_notice)
         settings = None
         no_kv_asked = self.options.type_k is None and self.options.type_v is None
         state_types = self.cache.saved_types(conversation) if conversation and no_kv_asked else None

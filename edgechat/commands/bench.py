@@ -17,7 +17,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import EdgechatError
-from .common import BudgetOpt, CtxOpt, FaOpt, GpuOpt, JsonOpt, ModelOpt, ThreadsOpt, engine_options, guarded, runtime
+from .common import (
+    BudgetOpt,
+    CtxOpt,
+    FaOpt,
+    GpuOpt,
+    JsonOpt,
+    ModelOpt,
+    RpcOpt,
+    RpcPublicOpt,
+    ThreadsOpt,
+    engine_options,
+    guarded,
+    runtime,
+)
 
 if TYPE_CHECKING:
     from ..bench import BenchReport, KvSpec, LoadedModel, OpenEngine
@@ -55,6 +68,8 @@ def bench(
     flash_attn: FaOpt = None,
     budget_mb: BudgetOpt = None,
     json_out: JsonOpt = False,
+    rpc: RpcOpt = None,
+    rpc_allow_public: RpcPublicOpt = False,
 ) -> None:
     """Time TTFT, prefill, decode, memory and resume for each KV cache type, against a bare llama.cpp loop."""
     from ..bench import BenchConfig, parse_kv_types, run_bench, step_count
@@ -65,7 +80,7 @@ def bench(
         kv_types=parse_kv_types(kv_types), n_ctx=ctx, lengths=_parse_lengths(lengths),
         repeats=repeats, gen_tokens=gen_tokens,
     )  # fmt: skip
-    opener = _opener(model, flash_attn, gpu_layers, threads, budget_mb)
+    opener = _opener(model, flash_attn, gpu_layers, threads, budget_mb, rpc, rpc_allow_public)
     with _progress(step_count(config)) as step:
         report = run_bench(opener, config, step)
     if plot is not None:
@@ -99,6 +114,8 @@ def kv_eval(
         typer.Option("--flash-attn", help="on (default: every cache alike, so only the KV type differs), off or auto."),
     ] = "on",
     json_out: JsonOpt = False,
+    rpc: RpcOpt = None,
+    rpc_allow_public: RpcPublicOpt = False,
 ) -> None:
     """Perplexity, KL divergence and top-1 agreement of quantized KV caches against an f16 cache."""
     from ..bench import load_text, parse_kv_types
@@ -106,7 +123,7 @@ def kv_eval(
 
     specs = parse_kv_types(kv_types)
     content, source = load_text(text)
-    opener = _opener(model, flash_attn, gpu_layers, threads, None)
+    opener = _opener(model, flash_attn, gpu_layers, threads, None, rpc, rpc_allow_public)
     with _progress(None) as step:
         report = run_kv_eval(opener, specs, content, source, tokens, step)
     if json_out:
@@ -121,7 +138,13 @@ def kv_eval(
 
 
 def _opener(
-    model: str | None, flash_attn: str | None, gpu_layers: str | None, threads: int | None, budget_mb: int | None
+    model: str | None,
+    flash_attn: str | None,
+    gpu_layers: str | None,
+    threads: int | None,
+    budget_mb: int | None,
+    rpc: str | None = None,
+    rpc_allow_public: bool = False,
 ) -> OpenEngine:
     """Engines come from the same Runtime path as chat: registry names, planner, fingerprint."""
 
@@ -131,7 +154,19 @@ def _opener(
         from ..state import model_fingerprint
 
         with runtime(
-            engine_options(model, n_ctx, None, spec.type_k, spec.type_v, flash_attn, gpu_layers, threads, budget_mb)
+            engine_options(
+                model,
+                n_ctx,
+                None,
+                spec.type_k,
+                spec.type_v,
+                flash_attn,
+                gpu_layers,
+                threads,
+                budget_mb,
+                rpc=rpc,
+                rpc_allow_public=rpc_allow_public,
+            )
         ) as rt:
             engine = rt.load()
             sha = model_fingerprint(Path(engine.settings.model_path), rt.paths.fingerprint_cache)

@@ -78,6 +78,17 @@ LoopGuardOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else on stdout.")]
+RpcOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rpc",
+        help="llama.cpp RPC servers HOST:PORT[,HOST:PORT...] whose devices take layers like GPUs (see README).",
+    ),
+]
+RpcPublicOpt = Annotated[
+    bool,
+    typer.Option("--rpc-allow-public", help="Allow --rpc servers on public addresses (unencrypted: prefer a tunnel)."),
+]
 
 
 # errors -----------------------------------------------------------------------------------
@@ -150,13 +161,16 @@ def engine_options(
     threads: int | None = None,
     budget_mb: int | None = None,
     compaction: str | None = None,
+    rpc: str | None = None,
+    rpc_allow_public: bool = False,
 ) -> EngineOptions:
     """The engine options as the command line gave them (one value, checked, for the Runtime)."""
     from ..config import EngineOptions
 
     return EngineOptions().given(
         model=model, ctx=ctx, kv_type=kv_type, type_k=k_type, type_v=v_type, flash_attn=flash(flash_attn),
-        gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb, compaction=compaction,
+        gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb, compaction=compaction, rpc=rpc,
+        rpc_allow_public=rpc_allow_public or None,
     )  # fmt: skip
 
 

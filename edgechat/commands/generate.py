@@ -24,6 +24,8 @@ from .common import (
     MaxTokOpt,
     ModelOpt,
     RepeatOpt,
+    RpcOpt,
+    RpcPublicOpt,
     SeedOpt,
     TempOpt,
     ThreadsOpt,
@@ -56,13 +58,28 @@ def generate(
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
     max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None, json_out: JsonOpt = False,
     repeat_penalty: RepeatOpt = None, dry_multiplier: DryOpt = None, loop_guard: LoopGuardOpt = None,
+    rpc: RpcOpt = None, rpc_allow_public: RpcPublicOpt = False,
 ) -> None:  # fmt: skip
     """One stateless completion, streamed to stdout."""
     text = _prompt(prompt) if batch is None else ""
     from ..shutdown import stop_on_signals
 
     with (
-        runtime(engine_options(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb)) as rt,
+        runtime(
+            engine_options(
+                model,
+                ctx,
+                kv_type,
+                k_type,
+                v_type,
+                flash_attn,
+                gpu_layers,
+                threads,
+                budget_mb,
+                rpc=rpc,
+                rpc_allow_public=rpc_allow_public,
+            )
+        ) as rt,
         stop_on_signals(exit=False) as sig,
     ):
         sampling = rt.sampling(

@@ -8,7 +8,23 @@ from typing import Annotated
 
 import typer
 
-from .common import BudgetOpt, CtxOpt, FaOpt, GpuOpt, JsonOpt, KOpt, KvOpt, ModelOpt, VOpt, flash, guarded, paths
+from .common import (
+    BudgetOpt,
+    CtxOpt,
+    FaOpt,
+    GpuOpt,
+    JsonOpt,
+    KOpt,
+    KvOpt,
+    ModelOpt,
+    RpcOpt,
+    RpcPublicOpt,
+    VOpt,
+    flash,
+    guarded,
+    notice,
+    paths,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -20,7 +36,7 @@ def plan(
     model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, budget_mb: BudgetOpt = None,
     swa_full: Annotated[bool, typer.Option("--swa-full/--no-swa-full", help="Full-size sliding-window cache (more memory; not needed for exact resume).")] = False,
-    json_out: JsonOpt = False,
+    json_out: JsonOpt = False, rpc: RpcOpt = None, rpc_allow_public: RpcPublicOpt = False,
 ) -> None:  # fmt: skip
     """Predict memory use from the GGUF header and pick the largest context that fits."""
     from ..config import load_defaults, parse_gpu_layers
@@ -28,12 +44,16 @@ def plan(
     from ..planner import format_plan
     from ..planner import plan as make_plan
     from ..registry import resolve_model
+    from ..rpc import connect, split_endpoints
 
     where = paths()
     d = load_defaults(where)
     g = parse_gpu_layers(gpu_layers if gpu_layers is not None else d.gpu_layers)
     fa = flash(flash_attn)
     resolved = resolve_model(model or d.model, where, download=False)
+    servers = split_endpoints(rpc if rpc is not None else d.rpc)
+    if servers:  # registered first: the plan places layers on their devices like on GPUs
+        connect(servers, allow_public=rpc_allow_public, warn=notice)
     kv = kv_type or d.kv_type
     budget = budget_mb if budget_mb is not None else d.budget_mb
     p = make_plan(

@@ -23,6 +23,8 @@ from .common import (
     MaxTokOpt,
     ModelOpt,
     RepeatOpt,
+    RpcOpt,
+    RpcPublicOpt,
     SeedOpt,
     TempOpt,
     ThreadsOpt,
@@ -59,7 +61,7 @@ def send(
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
     compaction: CompactOpt = None, max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None,
     json_out: JsonOpt = False, repeat_penalty: RepeatOpt = None, dry_multiplier: DryOpt = None,
-    loop_guard: LoopGuardOpt = None,
+    loop_guard: LoopGuardOpt = None, rpc: RpcOpt = None, rpc_allow_public: RpcPublicOpt = False,
 ) -> None:  # fmt: skip
     """One turn of a saved conversation (new, by id, or the latest).
 
@@ -77,7 +79,20 @@ def send(
     text = (read_stdin() if message == "-" else message) or ""
     with (
         runtime(
-            engine_options(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction)
+            engine_options(
+                model,
+                ctx,
+                kv_type,
+                k_type,
+                v_type,
+                flash_attn,
+                gpu_layers,
+                threads,
+                budget_mb,
+                compaction,
+                rpc=rpc,
+                rpc_allow_public=rpc_allow_public,
+            )
         ) as rt,
         stop_on_signals(exit=False) as sig,
     ):

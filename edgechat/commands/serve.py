@@ -16,6 +16,8 @@ from .common import (
     KOpt,
     KvOpt,
     ModelOpt,
+    RpcOpt,
+    RpcPublicOpt,
     ThreadsOpt,
     VOpt,
     engine_options,
@@ -42,7 +44,7 @@ def serve(
     max_body_mb: Annotated[int, typer.Option("--max-body-mb", help="Largest request body, in MiB (413 beyond).")] = 8,
     model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
-    compaction: CompactOpt = None,
+    compaction: CompactOpt = None, rpc: RpcOpt = None, rpc_allow_public: RpcPublicOpt = False,
 ) -> None:  # fmt: skip
     """An OpenAI-compatible HTTP server; conversations resume from their saved KV cache."""
     from ..serve import ServeOptions, run_server
@@ -54,7 +56,20 @@ def serve(
 
     def make_runtime() -> Runtime:
         rt = runtime(
-            engine_options(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction)
+            engine_options(
+                model,
+                ctx,
+                kv_type,
+                k_type,
+                v_type,
+                flash_attn,
+                gpu_layers,
+                threads,
+                budget_mb,
+                compaction,
+                rpc=rpc,
+                rpc_allow_public=rpc_allow_public,
+            )
         )
         # A server runs the model it was started with: a stored conversation's own model
         # does not switch it (a request's "model" field may, among the listed ones).

@@ -649,11 +649,13 @@ class ChatScreen(Screen[None]):
     def _memory_probed(self, message: MemoryProbed) -> None:
         snap = message.snapshot
         gpus = () if snap.unified else snap.gpus  # Apple's GPU shares the RAM already shown
+        local = [g for g in gpus if not g.endpoint]
         self.status.update(
             rss_bytes=snap.process_rss,
             ram_total=snap.ram_total,
-            vram_used=sum(g.used for g in gpus),
-            vram_total=sum(g.total for g in gpus),
+            vram_used=sum(g.used for g in local),
+            vram_total=sum(g.total for g in local),
+            remote=tuple((g.endpoint, g.used, g.total) for g in snap.gpus if g.endpoint),
         )
 
     # actions --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""One line of live figures: model, KV type, context gauge, KV size, memory, last turn (with its threads), resume source."""
+"""One line of live figures: model, KV type, context gauge, KV size, memory (RPC devices too), last turn, resume source."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ class StatusFigures:
     activity: str = ""  # loading model… / thinking… / generating…; empty when idle
     activity_since: float = 0.0
     threads: str = ""  # the last turn's CPU threads, e.g. "1/2 threads" (decode/prefill)
+    remote: tuple[tuple[str, int, int], ...] = ()  # llama.cpp RPC devices: (host:port, bytes used, bytes total)
 
 
 class StatusBar(Widget):
@@ -107,6 +108,8 @@ class StatusBar(Widget):
         if f.vram_total and not still:
             limit = f"{megabytes(f.vram_budget_mb * 2**20)} budget" if f.vram_budget_mb else megabytes(f.vram_total)
             out.append((7, Content(f"VRAM {megabytes(f.vram_used)}/{limit}")))
+        for endpoint, used, total in () if still else f.remote:
+            out.append((7, Content(f"RPC {endpoint} {megabytes(used)}/{megabytes(total)}")))
         return out
 
     def render(self) -> Content:
