@@ -50,6 +50,12 @@ BudgetOpt = Annotated[
     int | None,
     typer.Option("--budget-mb", help="Memory the runtime may use, in MiB (default: a safe share of what is free)."),
 ]
+StateBudgetOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--state-budget-mb", help="Disk the saved KV states may take, in MiB (default: 20 GiB or 10 % of free disk)."
+    ),
+]
 CompactOpt = Annotated[
     str | None, typer.Option("--compaction", help="When the context is full: summarize, truncate or off.")
 ]
@@ -104,6 +110,7 @@ def _options(
     threads: int | None = None,
     budget_mb: int | None = None,
     compaction: str | None = None,
+    state_budget_mb: int | None = None,
 ) -> Any:
     """The engine options as the command line gave them (one value, checked, for the Runtime)."""
     from .config import EngineOptions
@@ -111,6 +118,7 @@ def _options(
     return EngineOptions().given(
         model=model, ctx=ctx, kv_type=kv_type, type_k=k_type, type_v=v_type, flash_attn=_flash(flash_attn),
         gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb, compaction=compaction,
+        state_budget_mb=state_budget_mb,
     )  # fmt: skip
 
 
@@ -328,7 +336,7 @@ def send(
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
     compaction: CompactOpt = None, max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None,
     json_out: JsonOpt = False, repeat_penalty: RepeatOpt = None, dry_multiplier: DryOpt = None,
-    loop_guard: LoopGuardOpt = None,
+    loop_guard: LoopGuardOpt = None, state_budget_mb: StateBudgetOpt = None,
 ) -> None:  # fmt: skip
     """One turn of a saved conversation (new, by id, or the latest).
 
@@ -348,7 +356,10 @@ def send(
         text = (_read_stdin() if message == "-" else message) or ""
         with (
             _runtime(
-                _options(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction)
+                _options(
+                    model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction,
+                    state_budget_mb,
+                )
             ) as rt,
             stop_on_signals(exit=False) as sig,
         ):
@@ -416,6 +427,7 @@ def chat(
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
     compaction: CompactOpt = None, max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None,
     repeat_penalty: RepeatOpt = None, dry_multiplier: DryOpt = None, loop_guard: LoopGuardOpt = None,
+    state_budget_mb: StateBudgetOpt = None,
 ) -> None:  # fmt: skip
     """The terminal chat UI."""
 
@@ -425,6 +437,7 @@ def chat(
         options: dict[str, Any] = dict(
             model=model, ctx=ctx, kv_type=kv_type, k_type=k_type, v_type=v_type, flash_attn=flash_attn,
             gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb, compaction=compaction,
+            state_budget_mb=state_budget_mb,
         )  # fmt: skip
         sampling = dict(
             max_tokens=max_tokens, temperature=temperature, seed=seed, repeat_penalty=repeat_penalty,
@@ -461,7 +474,7 @@ def serve(
     max_body_mb: Annotated[int, typer.Option("--max-body-mb", help="Largest request body, in MiB (413 beyond).")] = 8,
     model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
-    compaction: CompactOpt = None,
+    compaction: CompactOpt = None, state_budget_mb: StateBudgetOpt = None,
 ) -> None:  # fmt: skip
     """An OpenAI-compatible HTTP server; conversations resume from their saved KV cache."""
 
@@ -475,7 +488,10 @@ def serve(
 
         def make_runtime() -> Any:
             rt = _runtime(
-                _options(model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction)
+                _options(
+                    model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction,
+                    state_budget_mb,
+                )
             )
             # A server runs the model it was started with: a stored conversation's own model
             # does not switch it (a request's "model" field may, among the listed ones).
@@ -753,9 +769,9 @@ def plan(
     model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, budget_mb: BudgetOpt = None,
     swa_full: Annotated[bool, typer.Option("--swa-full/--no-swa-full", help="Full-size sliding-window cache (more memory; not needed for exact resume).")] = False,
-    json_out: JsonOpt = False,
+    json_out: JsonOpt = False, state_budget_mb: StateBudgetOpt = None,
 ) -> None:  # fmt: skip
-    """Predict memory use from the GGUF header and pick the largest context that fits."""
+    """Predict memory use from the GGUF header and pick the largest context that fits; and the disk the saved states may take."""
 
     def body() -> None:
         from .config import load_defaults, parse_gpu_layers, resolve_paths
@@ -776,12 +792,16 @@ def plan(
             type_v=v_type or kv, flash_attn=fa, gpu_layers=g,  # type: ignore[arg-type]
             budget_bytes=budget * (1 << 20) if budget is not None else None, swa_full=swa_full,
         )  # fmt: skip
+        from .cli_cache import plan_disk
+
+        disk, disk_text = plan_disk(paths, state_budget_mb or d.state_budget_mb, p)
         if json_out:
-            print(json.dumps(asdict(p), default=str))
+            print(json.dumps({**asdict(p), "disk": disk}, default=str))
             return
         from rich.console import Console
 
         Console().print(format_plan(p))
+        Console().print(disk_text)
 
     _guard(body)
 
@@ -793,6 +813,9 @@ def _register_extensions() -> None:
     except ImportError:
         return
     cli_bench.register(app)
+    from . import cli_cache
+
+    cli_cache.register(app)
 
 
 _register_extensions()
