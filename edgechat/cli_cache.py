@@ -174,7 +174,7 @@ def disk_lines(d: DiskView) -> str:
     share = "" if d.budget_from == "state_budget_mb" else " (default: the smaller of 20 GiB and 10 % of free disk)"
     return (
         f"disk: {_size(d.free_bytes)} free of {_size(d.total_bytes)} at {d.states_dir}\n"
-        f"saved states: {_size(d.states_bytes)} in {d.conversations} conversations;"
+        f"saved states: {_size(d.states_bytes)} in {d.conversations} conversation{'' if d.conversations == 1 else 's'};"
         f" budget {_size(d.budget_bytes)}{share}"
     )
 

@@ -262,3 +262,15 @@ def test_a_disk_that_fills_during_the_save_leaves_no_partial_file(home: Path, sm
     store = Store(home / "conversations.db")
     assert [m.role for m in store.messages(reply["conversation_id"])] == ["user", "assistant"]
     store.close()
+
+
+def test_the_ui_says_what_a_resume_saved_and_what_each_state_takes() -> None:
+    from edgechat.store import ConversationRecord
+    from edgechat.tui.figures import restore_phrase
+    from edgechat.tui.widgets.conversation_list import describe
+
+    assert restore_phrase("state", 0.03, 0.5, 1494, 4.2) == "resumed 1,494 tokens from cache in 30 ms, saved ~4.2 s"
+    assert restore_phrase("memory", 0.001, 0.2, 12) == "resumed 12 tokens from memory in 1 ms"  # no rate measured yet
+    record = ConversationRecord("c1", "Bees", "smollm2-135m", {}, 0.0, 0.0, 2, 120)
+    assert "3.0 MB" in describe(record, 60, 3 << 20).plain
+    assert "MB" not in describe(record, 60).plain
