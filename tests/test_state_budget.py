@@ -12,6 +12,7 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,8 +22,6 @@ from edgechat.gguf_info import read_gguf
 from edgechat.state import StateFiles, StateUsage
 from edgechat.state_budget import DEFAULT_CAP, budget_bytes, victims
 from edgechat.store import Store
-
-from .conftest import GREEDY, run_cli
 
 # About 90 prompt tokens with the template: a state of ~2 MB (f16), over the 1 MiB step of the budget.
 # Questions with one clear answer: greedy replies far from a tie, so a transcript rebuild and a
@@ -34,6 +33,8 @@ LONG = (
 NEXT = "And the capital of Italy?"
 SHORT = "Thanks."
 FAST = dict(max_tokens=4, temperature=0)
+# The runtimes run one thread: ggml's threads spin at each barrier, and on a busy 2-core box two of
+# them made these tests 10x slower (5 s against 75 s for the cache commands test).
 
 
 # the pieces, without a model ---------------------------------------------------------------
@@ -99,7 +100,7 @@ def test_state_budget_mb_in_config_is_checked_and_layered(tmp_path: Path) -> Non
 
 
 def test_a_budget_keeps_the_most_recently_used_states(runtime_factory, home: Path) -> None:
-    rt = runtime_factory(kv_type="f16")
+    rt = runtime_factory(threads=1, kv_type="f16")
     a, b = rt.new_conversation(), rt.new_conversation()
     first = a.send(LONG, **FAST)
     assert b.send(LONG, **FAST).text == first.text
@@ -111,7 +112,7 @@ def test_a_budget_keeps_the_most_recently_used_states(runtime_factory, home: Pat
     # Room for a and one more like b, not for a, b and c.
     budget_mb = math.ceil((sizes[a.id] + sizes[b.id] + (64 << 10)) / (1 << 20))
 
-    rt = runtime_factory(kv_type="f16", state_budget_mb=budget_mb)
+    rt = runtime_factory(threads=1, kv_type="f16", state_budget_mb=budget_mb)
     c = rt.new_conversation()
     first_c = c.send(LONG, **FAST)
     assert first_c.notices == ()  # dropping another conversation's state is not this turn's news
@@ -120,7 +121,7 @@ def test_a_budget_keeps_the_most_recently_used_states(runtime_factory, home: Pat
 
     # A new runtime (nothing parked in RAM): b resumes from its transcript, saying so once, and
     # answers as a did from its cache (the same history, greedy).
-    rt = runtime_factory(kv_type="f16", state_budget_mb=budget_mb)
+    rt = runtime_factory(threads=1, kv_type="f16", state_budget_mb=budget_mb)
     b2 = rt.conversation(b.id).send(NEXT, **FAST)
     assert b2.stats.restored_from == "transcript" and b2.stats.reused_tokens == 0
     assert len(b2.notices) == 1 and "dropped" in b2.notices[0] and "budget" in b2.notices[0], b2.notices
@@ -131,23 +132,29 @@ def test_a_budget_keeps_the_most_recently_used_states(runtime_factory, home: Pat
 
 
 def test_cache_commands_report_what_is_on_disk_before_and_after_a_prune(runtime_factory, home: Path) -> None:
-    rt = runtime_factory(kv_type="f16")
+    rt = runtime_factory(threads=1, kv_type="f16")
     a, b = rt.new_conversation(), rt.new_conversation()
     a.send(LONG, **FAST)
     b.send(SHORT, **FAST)
     rt.close()
-    rt = runtime_factory(kv_type="f16")
+    rt = runtime_factory(threads=1, kv_type="f16")
     resumed = rt.conversation(a.id).send(NEXT, **FAST)  # a state restore, for the stats
     rt.close()
     assert resumed.stats.restored_from == "state"
 
-    def cli(*args: str) -> dict | list:
-        p = run_cli("cache", *args, "--json", home=home)
-        assert p.returncode == 0, p.stderr
-        return json.loads(p.stdout)
+    from typer.testing import CliRunner
+
+    from edgechat.cli import app
+
+    runner = CliRunner()
+
+    def cli(*args: str) -> Any:  # in this process: the commands' own startup is not what is tested
+        r = runner.invoke(app, ["--home", str(home), *args, "--json"])
+        assert r.exit_code == 0, r.output
+        return json.loads(r.stdout)
 
     files = StateFiles(home / "states")
-    listed = {e["id"]: e for e in cli("list")}
+    listed = {e["id"]: e for e in cli("cache", "list")}
     assert set(listed) == {a.id, b.id}
     for cid, e in listed.items():
         assert e["bytes"] == sum(p.stat().st_size for p in (home / "states").glob(f"{cid}*"))
@@ -155,7 +162,7 @@ def test_cache_commands_report_what_is_on_disk_before_and_after_a_prune(runtime_
         assert e["valid"] is True and e["problem"] is None and e["model"]
     assert listed[a.id]["last_used"] > listed[b.id]["last_used"]
 
-    stats = cli("stats")
+    stats = cli("cache", "stats")
     assert stats["turns"] == 3
     assert stats["restores"]["new"]["turns"] == 2 and stats["restores"]["state"]["turns"] == 1
     assert stats["tokens_not_prefilled"] == resumed.stats.reused_tokens > 0
@@ -163,14 +170,13 @@ def test_cache_commands_report_what_is_on_disk_before_and_after_a_prune(runtime_
     assert stats["prefill_rates"] and stats["prefill_saved_s"] > 0
     assert stats["disk"]["states_bytes"] == sum(e["bytes"] for e in listed.values())
 
-    pruned = cli("prune", b.id[:5])
+    pruned = cli("cache", "prune", b.id[:5])
     assert pruned["dropped"] == [{"id": b.id, "bytes": listed[b.id]["bytes"]}]
     assert pruned["bytes_after"] == pruned["bytes_before"] - listed[b.id]["bytes"]
-    assert [e["id"] for e in cli("list")] == [a.id]
-    emptied = cli("prune", "--to", "0")
+    assert [e["id"] for e in cli("cache", "list")] == [a.id]
+    emptied = cli("cache", "prune", "--to", "0")
     assert emptied["dropped"] == [{"id": a.id, "bytes": listed[a.id]["bytes"]}] and emptied["bytes_after"] == 0
-    plan = run_cli("plan", "-m", str(rt.model_spec), "--ctx", "1024", "--kv-type", "f16", "--json", home=home)
-    disk = json.loads(plan.stdout)["disk"]
+    disk = cli("plan", "-m", str(rt.model_spec), "--ctx", "1024", "--kv-type", "f16")["disk"]
     assert disk["states_bytes"] == 0 and disk["budget_bytes"] > 0 and disk["free_bytes"] > 0
     assert disk["full_context_state_bytes"] >= 1024 * 23_040
 
@@ -184,21 +190,21 @@ def _rewrite_header(states: Path, cid: str, **fields: object) -> dict:
 
 
 def test_a_state_from_another_build_loads_when_llama_cpp_can_read_it(runtime_factory, home: Path) -> None:
-    rt = runtime_factory(kv_type="f16")
+    rt = runtime_factory(threads=1, kv_type="f16")
     conv = rt.new_conversation()
     conv.send(SHORT, **FAST)
     rt.close()
     states = home / "states"
     build = json.loads((states / f"{conv.id}.json").read_text())["llama_build"]
     _rewrite_header(states, conv.id, llama_build="llama-cpp-python 0.3.35")
-    rt = runtime_factory(kv_type="f16")
+    rt = runtime_factory(threads=1, kv_type="f16")
     r = rt.conversation(conv.id).send("And again.", **FAST)
     assert r.stats.restored_from == "state" and r.notices == ()
     assert json.loads((states / f"{conv.id}.json").read_text())["llama_build"] == build  # saved under this one
 
 
 def test_a_state_llama_cpp_refuses_falls_back_with_one_notice(runtime_factory, home: Path, smollm2: Path) -> None:
-    rt = runtime_factory(kv_type="f16")
+    rt = runtime_factory(threads=1, kv_type="f16")
     conv = rt.new_conversation()
     conv.send(SHORT, **FAST)
     rt.close()
@@ -215,13 +221,13 @@ def test_a_state_llama_cpp_refuses_falls_back_with_one_notice(runtime_factory, h
     payload.write_bytes(bytes(data))
     _rewrite_header(states, conv.id, llama_build="llama-cpp-python 9.9.9", payload_crc32=zlib.crc32(bytes(data)))
 
-    rt = runtime_factory(kv_type="f16")
+    rt = runtime_factory(threads=1, kv_type="f16")
     r = rt.conversation(conv.id).send("And again.", **FAST)
     assert r.stats.restored_from == "transcript"
     assert len(r.notices) == 1 and "9.9.9" in r.notices[0] and "cannot read" in r.notices[0], r.notices
     assert json.loads((states / f"{conv.id}.json").read_text())["llama_build"] != "llama-cpp-python 9.9.9"
     rt.close()
-    rt = runtime_factory(kv_type="f16")
+    rt = runtime_factory(threads=1, kv_type="f16")
     again = rt.conversation(conv.id).send("Once more.", **FAST)
     assert again.stats.restored_from == "state" and again.notices == ()
 
@@ -230,7 +236,7 @@ def test_a_nearly_full_disk_skips_the_save_and_keeps_the_turn(runtime_factory, h
     import edgechat.state_cache as state_cache
 
     monkeypatch.setattr(state_cache, "disk_space", lambda _path: (300 << 20, 100 << 30))  # 300 MB of 100 GB free
-    rt = runtime_factory(kv_type="f16")
+    rt = runtime_factory(threads=1, kv_type="f16")
     conv = rt.new_conversation()
     r = conv.send(SHORT, **FAST)
     assert r.text and r.stats.state_bytes == 0
@@ -250,7 +256,7 @@ def _limit_file_size(limit: int):
 def test_a_disk_that_fills_during_the_save_leaves_no_partial_file(home: Path, smollm2: Path) -> None:
     p = subprocess.run(
         [sys.executable, "-m", "edgechat", "send", SHORT, "--new", "-m", str(smollm2), "--ctx", "1024",
-         "--max-tokens", "4", "--json", *GREEDY],
+         "--max-tokens", "4", "--json", "--temperature", "0", "--seed", "0", "--threads", "1"],
         capture_output=True, text=True, env={**os.environ, "EDGECHAT_HOME": str(home)}, timeout=300,
         preexec_fn=_limit_file_size(600 << 10),  # the state is ~1 MB; the database stays below
     )  # fmt: skip
