@@ -354,13 +354,11 @@ def send(
         if message is None and not regenerate:
             raise EdgechatError("no message given", 'pass it as an argument, or "-" to read it from stdin')
         text = (_read_stdin() if message == "-" else message) or ""
+        engine_options = _options(
+            model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction, state_budget_mb
+        )  # fmt: skip
         with (
-            _runtime(
-                _options(
-                    model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction,
-                    state_budget_mb,
-                )
-            ) as rt,
+            _runtime(engine_options) as rt,
             stop_on_signals(exit=False) as sig,
         ):
             if new:
@@ -492,7 +490,7 @@ def serve(
                     model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, threads, budget_mb, compaction,
                     state_budget_mb,
                 )
-            )
+            )  # fmt: skip
             # A server runs the model it was started with: a stored conversation's own model
             # does not switch it (a request's "model" field may, among the listed ones).
             rt.explicit_model = True

@@ -674,7 +674,8 @@ class EdgechatApp(App[None]):
         if reply.compaction is not None:
             await self.chat_log.mark_compacted(reply.compaction.compacted_ids)
         source = turn.restored.get("source", st.restored_from)
-        phrase = restore_phrase(source, st.restore_s, st.ttft_s, st.reused_tokens, st.prefill_saved_s) if turn.fresh else ""
+        saved = (st.reused_tokens, st.prefill_saved_s)
+        phrase = restore_phrase(source, st.restore_s, st.ttft_s, *saved) if turn.fresh else ""
         self.status.update(
             ctx_used=st.context_tokens, ctx_limit=st.context_limit, kv_bytes=kv_bytes, kv_type=st.kv_type,
             ttft_s=st.ttft_s, tokens_per_s=st.decode_tokens_per_s or None, restore=phrase,
