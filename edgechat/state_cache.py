@@ -245,7 +245,11 @@ class StateCache:
         free, total = disk_space(self.files.dir)
         budget, source = budget_bytes(self.budget_mb, free, sum(u.bytes for u in usage.values()))
         if need > budget:
-            hint = "raise state_budget_mb (config.toml) or --state-budget-mb" if source == "state_budget_mb" else "set state_budget_mb"
+            hint = (
+                "raise state_budget_mb (config.toml) or --state-budget-mb"
+                if source == "state_budget_mb"
+                else "set state_budget_mb"
+            )
             self._notice(
                 f"the KV state of conversation {cid} was not saved: its {mib(need)} exceed the {mib(budget)}"
                 f" state budget — {hint}; the turn is stored and the transcript is safe"
