@@ -557,11 +557,14 @@ class Store:
     def prefill_rate(self, model: str, kv_type: str) -> float | None:
         """Tokens per second this machine prefilled for `model` with this KV type, over its latest
         turns that prefilled at least RATE_MIN_TOKENS; None before any such turn."""
-        row = self._rows(
-            "SELECT SUM(prefill_tokens), SUM(prefill_s) FROM (SELECT prefill_tokens, prefill_s FROM turn_cache"
-            " WHERE model = ? AND kv_type = ? AND prefill_tokens >= ? AND prefill_s > 0 ORDER BY id DESC LIMIT ?)",
-            (model, kv_type, RATE_MIN_TOKENS, RATE_WINDOW),
-        )[0]
+        try:
+            row = self._rows(
+                "SELECT SUM(prefill_tokens), SUM(prefill_s) FROM (SELECT prefill_tokens, prefill_s FROM turn_cache"
+                " WHERE model = ? AND kv_type = ? AND prefill_tokens >= ? AND prefill_s > 0 ORDER BY id DESC LIMIT ?)",
+                (model, kv_type, RATE_MIN_TOKENS, RATE_WINDOW),
+            )[0]
+        except sqlite3.OperationalError:  # busy: a statistic is not worth failing a stored turn
+            return None
         return row[0] / row[1] if row[0] and row[1] else None
 
     @_guarded
