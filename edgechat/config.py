@@ -128,6 +128,9 @@ class EngineOptions:
     swa_full: bool = False
     rpc: tuple[str, ...] = ()  # llama.cpp RPC servers "host:port": their devices take layers like GPUs
     rpc_allow_public: bool = False
+    # Disk the saved KV states may take, in MiB (None: config.toml, else the smaller of 20 GiB
+    # and 10 % of the free disk). Not an engine setting: it rides here so a reload keeps it.
+    state_budget_mb: int | None = None
 
     def given(self, *, kv_type: str | None = None, **given: Any) -> EngineOptions:
         """These options with keyword options as the CLI and the API spell them (None: not
@@ -149,7 +152,10 @@ class EngineOptions:
                 raise ConfigError(f"unknown KV cache type {t!r}", f"use one of {', '.join(KV_TYPES)}")
         if self.compaction is not None and self.compaction not in COMPACTION_POLICIES:
             raise ConfigError(f"unknown compaction policy {self.compaction!r}", f"use one of {COMPACTION_POLICIES}")
-        for name, value in (("--ctx", self.ctx), ("--budget-mb", self.budget_mb), ("--threads", self.threads)):
+        for name, value in (
+            ("--ctx", self.ctx), ("--budget-mb", self.budget_mb), ("--threads", self.threads),
+            ("--state-budget-mb", self.state_budget_mb),
+        ):  # fmt: skip
             if value is not None and value < 1:
                 raise ConfigError(
                     f"{name} {value} must be a positive number", f"give {name} a value above 0, or leave it out"
@@ -170,6 +176,7 @@ class EngineOptions:
             budget_mb=self.budget_mb or defaults.budget_mb,
             compaction=self.compaction or defaults.compaction,
             rpc=self.rpc or defaults.rpc,
+            state_budget_mb=self.state_budget_mb or defaults.state_budget_mb,
         )
 
     @property
@@ -266,6 +273,7 @@ class Defaults:
     gpu_layers: str = "auto"
     threads: int | None = None
     budget_mb: int | None = None
+    state_budget_mb: int | None = None  # None: the smaller of 20 GiB and 10 % of the free disk
     compaction: str = "summarize"
     theme: str = "auto"  # the chat UI's: auto (from the terminal's COLORFGBG), light, dark, or a Textual theme name
     rpc: tuple[str, ...] = ()  # llama.cpp RPC servers ("host:port") whose devices take layers like GPUs
@@ -333,6 +341,7 @@ _VALUE_HINTS = {
     "gpu_layers": 'gpu_layers = "auto" or a number of layers (-1: all)',
     "threads": "a number of CPU threads, e.g. threads = 4",
     "budget_mb": "a number of MiB, e.g. budget_mb = 2048",
+    "state_budget_mb": "the MiB of disk saved KV states may take, e.g. state_budget_mb = 10240",
     "compaction": f"one of {', '.join(COMPACTION_POLICIES)}",
     "max_tokens": "a number of tokens, e.g. max_tokens = 512",
     "temperature": "a number from 0 (greedy), e.g. temperature = 0.7",
@@ -341,7 +350,7 @@ _VALUE_HINTS = {
     "rpc": 'a list of llama.cpp RPC servers, e.g. rpc = ["127.0.0.1:50052"]',
 }
 _STRINGS = ("model", "system_prompt", "kv_type", "compaction", "theme")
-_POSITIVE = ("ctx", "threads", "budget_mb", "max_tokens")
+_POSITIVE = ("ctx", "threads", "budget_mb", "state_budget_mb", "max_tokens")
 
 
 def _toml_value(v: Any) -> str:

@@ -75,6 +75,8 @@ class TurnStats:
     prefill_threads: int = 0
     threads_auto: bool = True
     sampling: dict[str, Any] = field(default_factory=dict)  # the effective SamplingSettings
+    reused_tokens: int = 0  # prompt tokens the cache already held (not prefilled)
+    prefill_saved_s: float = 0.0  # their prefill time at this machine's measured rate (0: not measured yet)
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class Runtime:
         compaction: str | None = None,
         flash_attn: bool | None = None,
         swa_full: bool | None = None,
+        state_budget_mb: int | None = None,
         system_prompt: str | None = None,
         download: bool = True,
         lock_timeout_s: float | None = None,
@@ -148,6 +151,7 @@ class Runtime:
             model=model, kv_type=kv_type, type_k=type_k, type_v=type_v, ctx=ctx, gpu_layers=gpu_layers,
             threads=threads, budget_mb=budget_mb, compaction=compaction, flash_attn=flash_attn, swa_full=swa_full,
             rpc=rpc, rpc_allow_public=rpc_allow_public,
+            state_budget_mb=state_budget_mb,
         )  # fmt: skip
         self._home = home
         self.paths = resolve_paths(home)
@@ -173,7 +177,10 @@ class Runtime:
         self.remote_devices: tuple[RemoteDevice, ...] = ()
         self.store = Store(self.paths.db_path)
         self.states = StateFiles(self.paths.states_dir)
-        self.cache = StateCache(self.states, lambda msg: self.on_notice(msg))
+        self.cache = StateCache(
+            self.states, lambda msg: self.on_notice(msg), budget_mb=self.options.state_budget_mb,
+            lock_dir=self.paths.data_dir / "locks",
+        )  # fmt: skip
         self.engine: Engine | None = None
         self.model_name = ""
         self.plan: Any = None
@@ -194,6 +201,7 @@ class Runtime:
         it from the next load and the next new conversation."""
         self.defaults = load_defaults(self.paths)
         self.options = self.asked.over(self.defaults)
+        self.cache.budget_mb = self.options.state_budget_mb
         if self._system_prompt is None:
             self.system_prompt = self.defaults.system_prompt
 
@@ -844,11 +852,23 @@ class TurnStream:
         if failure is not None and not isinstance(failure, Cancelled):
             raise failure  # GeneratorExit must end the generator; Ctrl-C and errors go on to the caller
         st = gen.stats if gen is not None else None
+        restored_from = rt.cache.settle(source, gen.rewind if gen is not None else None, cid)
+        reused = max(0, self.prompt_tokens - gen.prefill_tokens) if gen is not None else 0
+        saved_s = 0.0
+        if reused and restored_from in ("memory", "state", "checkpoint"):
+            rate = rt.store.prefill_rate(rt.model_name, kv_label(engine.settings))
+            saved_s = reused / rate if rate else 0.0
+        if st is not None and failure is None:
+            rt.store.record_turn_cache(
+                cid, model=rt.model_name, kv_type=kv_label(engine.settings), source=restored_from,
+                reused_tokens=reused, prefill_tokens=gen.prefill_tokens if gen is not None else 0,
+                prefill_s=st.prefill_s, restore_s=restore_s,
+            )  # fmt: skip
         self.reply = Reply(
             text=text,
             stats=TurnStats(
                 conversation_id=cid,
-                restored_from=rt.cache.settle(source, gen.rewind if gen is not None else None, cid),
+                restored_from=restored_from,
                 prefill_tokens=gen.prefill_tokens if gen is not None else 0,
                 completion_tokens=n_tokens,
                 context_tokens=engine.n_cached,
@@ -867,6 +887,8 @@ class TurnStream:
                 prefill_threads=st.prefill_threads if st else 0,
                 threads_auto=st.threads_auto if st else True,
                 sampling=asdict(self.sampling),
+                reused_tokens=reused,
+                prefill_saved_s=saved_s,
             ),
             notices=tuple(self.notices),
             compaction=result if not empty_stop else None,

@@ -7,6 +7,8 @@ A conversation's state is a few files in the states dir:
   <id>-<gen>.ck<k>   context checkpoints (sliding-window and hybrid models only): the
                      part of the cache a trim cannot rewind, at a token count a later
                      turn may go back to (regenerate, edit, a re-rendered reply)
+  <id>.dropped       only after the disk budget or `edgechat cache prune` removed the
+                     state: why, so the next turn can say so once
 Each save writes a new generation, fsyncs it, then atomically replaces the header: a
 crash at any point leaves a header that names complete files (the previous ones until
 the rename), so a failed or interrupted save never loses the last good state. Only
@@ -19,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -55,8 +58,14 @@ class StateHeader:
     # Each: n_tokens, pos_min, pos_max, file, size, crc32.
     checkpoints: tuple[dict[str, Any], ...] = ()
 
-    def check_compatible(self, *, fingerprint: str, type_k: str, type_v: str, flash_attn: bool, build: str) -> None:
-        """Raise StateError naming the first mismatch (each would make llama.cpp refuse or misread)."""
+    def check_compatible(self, *, fingerprint: str, type_k: str, type_v: str, flash_attn: bool) -> None:
+        """Raise StateError naming the first mismatch (each would make llama.cpp refuse or misread).
+
+        The llama.cpp build is not checked here: a state from another build is tried, and
+        llama.cpp's own checks (magic, version, layer count, K/V types and row sizes) refuse
+        what it cannot read. The model's identity is ours to check: the file holds only the
+        architecture name.
+        """
         if self.format not in READABLE_FORMATS:
             raise StateError(f"state format {self.format} is not one of {READABLE_FORMATS}")
         if self.model_fingerprint != fingerprint:
@@ -65,8 +74,6 @@ class StateHeader:
             raise StateError(f"state holds a {self.type_k}/{self.type_v} cache, not {type_k}/{type_v}")
         if self.flash_attn != flash_attn:
             raise StateError("state was saved with a different flash-attention setting")
-        if self.llama_build != build:
-            raise StateError(f"state was saved by llama.cpp {self.llama_build}, this is {build}")
 
 
 def crc32_file(path: Path) -> int:
@@ -177,11 +184,12 @@ class StateFiles:
                     path.unlink(missing_ok=True)
             if isinstance(exc, OSError):
                 raise StateError(
-                    f"could not save the KV state: {exc.strerror or exc}",
-                    "free some disk space; the transcript is safe",
+                    f"could not save the KV state of conversation {cid} ({exc.strerror or exc}); the save was skipped",
+                    "free some disk space; the turn is stored and the transcript is safe",
                 ) from exc
             raise
         self._remove_old_generations(cid, keep={p.name for p in written})
+        self._mark_path(cid).unlink(missing_ok=True)
         return header
 
     def _remove_old_generations(self, cid: str, keep: set[str]) -> None:
@@ -245,12 +253,82 @@ class StateFiles:
         self.header_path(cid).unlink(missing_ok=True)
         for path in self._generation_files(cid):
             path.unlink(missing_ok=True)
+        self._mark_path(cid).unlink(missing_ok=True)
 
     def size(self, cid: str) -> int:
         header = self.read_header(cid, missing_ok=True)
         if header is None:
             return 0
         return header.payload_size + sum(ck["size"] for ck in header.checkpoints)
+
+    # the disk budget -------------------------------------------------------------------
+
+    def usage(self) -> dict[str, StateUsage]:
+        """Every conversation's files in the directory, by one scan: bytes and last use.
+
+        Stray files (a payload whose header was never written, a `.tmp` left by a killed
+        process) count for their conversation, so a prune removes them too.
+        """
+        found: dict[str, list[tuple[int, float, bool]]] = {}
+        try:
+            entries = list(os.scandir(self.dir))
+        except FileNotFoundError:
+            return {}
+        for entry in entries:
+            m = _STATE_FILE.match(entry.name)
+            if m is None:
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:  # removed by another process meanwhile
+                continue
+            found.setdefault(m["cid"], []).append((st.st_size, st.st_mtime, entry.name.endswith(".json")))
+        out = {}
+        for cid, files in found.items():
+            headers = [t for _, t, is_header in files if is_header]
+            # A header's mtime is its last use: a save writes it, a restore touches it.
+            last = max(headers) if headers else max(t for _, t, _h in files)
+            out[cid] = StateUsage(cid, sum(size for size, _, _h in files), last, bool(headers))
+        return out
+
+    def touch(self, cid: str) -> None:
+        """Mark a state as used now (a restore): the budget drops the least recently used first."""
+        with contextlib.suppress(OSError):
+            os.utime(self.header_path(cid))
+
+    def drop(self, cid: str, why: str) -> None:
+        """Delete a conversation's state and leave a small mark saying why, so its next turn can
+        tell the user once that it is rebuilt from the transcript (and not wonder why it is slow)."""
+        self.delete(cid)
+        with contextlib.suppress(OSError):
+            _write_private(self._mark_path(cid), why.encode())
+
+    def take_mark(self, cid: str) -> str | None:
+        """Why the conversation's state was dropped (once: the mark is removed), or None."""
+        path = self._mark_path(cid)
+        try:
+            why = path.read_bytes().decode(errors="replace").strip()
+        except OSError:
+            return None
+        path.unlink(missing_ok=True)
+        return why or "it was removed"
+
+    def _mark_path(self, cid: str) -> Path:
+        return self.dir / f"{cid}.dropped"
+
+
+@dataclass(frozen=True)
+class StateUsage:
+    """One conversation's state files on disk."""
+
+    cid: str
+    bytes: int
+    last_used: float  # the header's mtime: the last save or restore
+    complete: bool  # a header names them (False: only leftovers of an unfinished save)
+
+
+# <id>.json (header), <id>.json.tmp, <id>-<gen>.kv, <id>-<gen>.kv.tmp, <id>-<gen>.ck<k>
+_STATE_FILE = re.compile(r"^(?P<cid>.+?)(?:\.json(?:\.tmp)?|-\d+\.(?:kv(?:\.tmp)?|ck\d+))$")
 
 
 def model_fingerprint(path: Path, cache_file: Path) -> str:

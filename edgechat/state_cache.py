@@ -13,10 +13,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from .engine import Checkpoint, Engine, Rewind, llama_build
 from .errors import StateError
 from .state import StateFiles
+from .state_budget import budget_bytes, disk_space, drop_states, floor_bytes, lock_dir_for, mib, victims
 
 Notice = Callable[[str], None]
 RAM_CACHE_BYTES = 512 << 20
@@ -43,9 +45,13 @@ class StateCache:
     Bound to one loaded model (`bind`): its fingerprint is part of every state's key.
     """
 
-    def __init__(self, files: StateFiles, notice: Notice) -> None:
+    def __init__(
+        self, files: StateFiles, notice: Notice, *, budget_mb: int | None = None, lock_dir: Path | None = None
+    ) -> None:
         self.files = files
         self._notice = notice
+        self.budget_mb = budget_mb  # the disk budget for state files (None: the default share of free disk)
+        self.lock_dir = lock_dir or lock_dir_for(files)
         self.owner: str | None = None  # the conversation whose tokens fill the live cache
         self.fingerprint = ""
         self._ram: OrderedDict[str, _Parked] = OrderedDict()
@@ -106,12 +112,17 @@ class StateCache:
             return "new"
         try:
             if self._load_file(cid, engine, tokens):
+                self.files.touch(cid)
                 return "state"
         except StateError as exc:
             self._notice(
                 f"saved state of conversation {cid} not used ({exc.message}); rebuilding it from the transcript"
             )
             self.files.delete(cid)
+            return "transcript"
+        why = self.files.take_mark(cid)
+        if why is not None:
+            self._notice(f"saved state of conversation {cid} was dropped ({why}); rebuilding it from the transcript")
         return "transcript"
 
     def _load_file(self, cid: str, engine: Engine, tokens: list[int]) -> bool:
@@ -122,14 +133,21 @@ class StateCache:
             raise StateError(f"the state file belongs to another conversation ({header.conversation_id})")
         s = engine.settings
         header.check_compatible(
-            fingerprint=self.fingerprint, type_k=s.type_k, type_v=s.type_v,
-            flash_attn=s.use_flash_attn, build=llama_build(),
-        )  # fmt: skip
+            fingerprint=self.fingerprint, type_k=s.type_k, type_v=s.type_v, flash_attn=s.use_flash_attn
+        )
         if common_prefix(header.tokens, tokens) == 0:
             raise StateError("the saved state does not match the transcript")
         if len(header.tokens) > engine.n_ctx:
             raise StateError(f"the saved state holds {len(header.tokens)} tokens, more than this context")
-        engine.load_state(self.files.verified_payload(header), header.tokens, self.files.checkpoints(header))
+        payload = self.files.verified_payload(header)
+        build = llama_build()
+        try:
+            engine.load_state(payload, header.tokens, self.files.checkpoints(header))
+        except StateError as exc:
+            if header.llama_build == build:
+                raise
+            # An upgrade that changed llama.cpp's state format: its own checks refused the file.
+            raise StateError(f"written by {header.llama_build}, which this {build} cannot read") from exc
         return True
 
     def saved_types(self, cid: str) -> tuple[str, str] | None:
@@ -199,9 +217,16 @@ class StateCache:
 
     def save(self, cid: str, engine: Engine) -> tuple[float, int]:
         """Write the live cache as `cid`'s state file; (seconds, payload bytes), 0 bytes when it
-        could not be written (the turn is stored all the same; one notice says why)."""
+        was not written (the turn is stored all the same; one notice says why).
+
+        Within the disk budget: the least recently used other states are dropped first to make
+        room. A disk too full for it skips the save, checked before writing and, for a disk
+        that fills meanwhile (ENOSPC, EFBIG), during the write, which then leaves no file behind.
+        """
         t = time.perf_counter()
         s = engine.settings
+        if not self._make_room(cid, engine):
+            return time.perf_counter() - t, 0
         try:
             header = self.files.save(
                 cid, engine.cached_tokens, engine.save_state, engine.checkpoints,
@@ -212,6 +237,40 @@ class StateCache:
             self._notice(f"{exc}")
             return time.perf_counter() - t, 0
         return time.perf_counter() - t, header.payload_size
+
+    def _make_room(self, cid: str, engine: Engine) -> bool:
+        """Fit the coming save into the budget and the free disk; False (after one notice) to skip it."""
+        need = engine.kv_bytes() + sum(ck.size for ck in engine.checkpoints) + 16 * engine.n_cached + 4096
+        usage = self.files.usage()
+        free, total = disk_space(self.files.dir)
+        budget, source = budget_bytes(self.budget_mb, free, sum(u.bytes for u in usage.values()))
+        if need > budget:
+            hint = (
+                "raise state_budget_mb (config.toml) or --state-budget-mb"
+                if source == "state_budget_mb"
+                else "set state_budget_mb"
+            )
+            self._notice(
+                f"the KV state of conversation {cid} was not saved: its {mib(need)} exceed the {mib(budget)}"
+                f" state budget — {hint}; the turn is stored and the transcript is safe"
+            )
+            return False
+        chosen = victims(usage, cid, need, budget)
+        if chosen:
+            dropped, _busy = drop_states(self.files, self.lock_dir, chosen, f"the {mib(budget)} state budget was full")
+            free += sum(u.bytes for u in dropped)
+        # The new generation is written before the old one is removed: both are on disk a moment.
+        if free - need < floor_bytes(total):
+            self._notice(
+                f"the KV state of conversation {cid} was not saved: the disk is nearly full ({mib(free)} free)"
+                " — free some disk space; the turn is stored and the transcript is safe"
+            )
+            return False
+        return True
+
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes on disk per conversation with saved state files (for the UI's list)."""
+        return {cid: u.bytes for cid, u in self.files.usage().items()}
 
 
 def _in_ram(checkpoints: Sequence[Checkpoint]) -> tuple[Checkpoint, ...]:

@@ -152,11 +152,51 @@ def _m2_turn_progress_and_replaced_replies(db: sqlite3.Connection) -> None:
     )
 
 
+def _m3_turn_cache(db: sqlite3.Connection) -> None:
+    """Per turn: what supplied the KV cache and what the prefill cost, for `edgechat cache stats`
+    (restores by source, tokens not prefilled again, this machine's measured prefill rate)."""
+    _script(
+        db,
+        """
+        CREATE TABLE turn_cache (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            at REAL NOT NULL,
+            model TEXT NOT NULL,
+            kv_type TEXT NOT NULL,
+            source TEXT NOT NULL,
+            reused_tokens INTEGER NOT NULL,
+            prefill_tokens INTEGER NOT NULL,
+            prefill_s REAL NOT NULL,
+            restore_s REAL NOT NULL
+        );
+        CREATE INDEX turn_cache_by_model ON turn_cache (model, kv_type, id)
+        """,
+    )
+
+
 # Numbered migrations: append, never edit one that has shipped.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m1_conversations_and_messages,
     _m2_turn_progress_and_replaced_replies,
+    _m3_turn_cache,
 ]
+# A prefill shorter than this measures overheads more than the rate.
+RATE_MIN_TOKENS = 64
+RATE_WINDOW = 50  # the latest turns a prefill rate is measured over
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """One group of turns in `edgechat cache stats`: what supplied the cache and what it saved."""
+
+    model: str
+    kv_type: str
+    source: str
+    turns: int
+    reused_tokens: int
+    prefill_tokens: int
+    restore_s: float
 
 
 class Store:
@@ -523,6 +563,46 @@ class Store:
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
+
+    # what the KV cache saved ------------------------------------------------------------------
+
+    def record_turn_cache(
+        self, cid: str, *, model: str, kv_type: str, source: str, reused_tokens: int, prefill_tokens: int,
+        prefill_s: float, restore_s: float,
+    ) -> None:  # fmt: skip
+        """One finished turn's cache figures. Best effort: the turn is already stored, and a busy
+        or read-only database must not fail it for a statistic."""
+        try:
+            with self.transaction() as db:
+                db.execute(
+                    "INSERT INTO turn_cache (conversation_id, at, model, kv_type, source, reused_tokens,"
+                    " prefill_tokens, prefill_s, restore_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (cid, time.time(), model, kv_type, source, reused_tokens, prefill_tokens, prefill_s, restore_s),
+                )
+        except sqlite3.Error:
+            pass
+
+    @_guarded
+    def prefill_rate(self, model: str, kv_type: str) -> float | None:
+        """Tokens per second this machine prefilled for `model` with this KV type, over its latest
+        turns that prefilled at least RATE_MIN_TOKENS; None before any such turn."""
+        try:
+            row = self._rows(
+                "SELECT SUM(prefill_tokens), SUM(prefill_s) FROM (SELECT prefill_tokens, prefill_s FROM turn_cache"
+                " WHERE model = ? AND kv_type = ? AND prefill_tokens >= ? AND prefill_s > 0 ORDER BY id DESC LIMIT ?)",
+                (model, kv_type, RATE_MIN_TOKENS, RATE_WINDOW),
+            )[0]
+        except sqlite3.OperationalError:  # busy: a statistic is not worth failing a stored turn
+            return None
+        return row[0] / row[1] if row[0] and row[1] else None
+
+    @_guarded
+    def cache_uses(self) -> list[CacheUse]:
+        rows = self._rows(
+            "SELECT model, kv_type, source, COUNT(*), SUM(reused_tokens), SUM(prefill_tokens), SUM(restore_s)"
+            " FROM turn_cache GROUP BY model, kv_type, source ORDER BY model, kv_type, source"
+        )
+        return [CacheUse(*tuple(r)) for r in rows]
 
     def new_id(self) -> str:
         """A fresh conversation id (the row itself may be created later, with the first turn)."""

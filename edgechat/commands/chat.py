@@ -23,6 +23,7 @@ from .common import (
     RpcOpt,
     RpcPublicOpt,
     SeedOpt,
+    StateBudgetOpt,
     TempOpt,
     ThreadsOpt,
     VOpt,
@@ -47,7 +48,7 @@ def chat(
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
     compaction: CompactOpt = None, max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None,
     repeat_penalty: RepeatOpt = None, dry_multiplier: DryOpt = None, loop_guard: LoopGuardOpt = None,
-    rpc: RpcOpt = None, rpc_allow_public: RpcPublicOpt = False,
+    rpc: RpcOpt = None, rpc_allow_public: RpcPublicOpt = False, state_budget_mb: StateBudgetOpt = None,
 ) -> None:  # fmt: skip
     """The terminal chat UI."""
     from ..tui.app import run_app
@@ -55,7 +56,7 @@ def chat(
     options: dict[str, Any] = dict(
         model=model, ctx=ctx, kv_type=kv_type, k_type=k_type, v_type=v_type, flash_attn=flash_attn,
         gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb, compaction=compaction,
-        rpc=rpc, rpc_allow_public=rpc_allow_public,
+        rpc=rpc, rpc_allow_public=rpc_allow_public, state_budget_mb=state_budget_mb,
     )  # fmt: skip
     sampling = dict(
         max_tokens=max_tokens, temperature=temperature, seed=seed, repeat_penalty=repeat_penalty,

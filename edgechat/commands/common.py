@@ -78,6 +78,12 @@ LoopGuardOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else on stdout.")]
+StateBudgetOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--state-budget-mb", help="Disk the saved KV states may take, in MiB (default: 20 GiB or 10 % of free disk)."
+    ),
+]
 RpcOpt = Annotated[
     str | None,
     typer.Option(
@@ -163,6 +169,7 @@ def engine_options(
     compaction: str | None = None,
     rpc: str | None = None,
     rpc_allow_public: bool = False,
+    state_budget_mb: int | None = None,
 ) -> EngineOptions:
     """The engine options as the command line gave them (one value, checked, for the Runtime)."""
     from ..config import EngineOptions
@@ -170,7 +177,7 @@ def engine_options(
     return EngineOptions().given(
         model=model, ctx=ctx, kv_type=kv_type, type_k=k_type, type_v=v_type, flash_attn=flash(flash_attn),
         gpu_layers=gpu_layers, threads=threads, budget_mb=budget_mb, compaction=compaction, rpc=rpc,
-        rpc_allow_public=rpc_allow_public or None,
+        rpc_allow_public=rpc_allow_public or None, state_budget_mb=state_budget_mb,
     )  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from .common import (
     ModelOpt,
     RpcOpt,
     RpcPublicOpt,
+    StateBudgetOpt,
     VOpt,
     flash,
     guarded,
@@ -37,14 +38,16 @@ def plan(
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, budget_mb: BudgetOpt = None,
     swa_full: Annotated[bool, typer.Option("--swa-full/--no-swa-full", help="Full-size sliding-window cache (more memory; not needed for exact resume).")] = False,
     json_out: JsonOpt = False, rpc: RpcOpt = None, rpc_allow_public: RpcPublicOpt = False,
+    state_budget_mb: StateBudgetOpt = None,
 ) -> None:  # fmt: skip
-    """Predict memory use from the GGUF header and pick the largest context that fits."""
+    """Predict memory use from the GGUF header and pick the largest context that fits; and the disk the saved states may take."""
     from ..config import load_defaults, parse_gpu_layers
     from ..gguf_info import read_gguf
     from ..planner import format_plan
     from ..planner import plan as make_plan
     from ..registry import resolve_model
     from ..rpc import connect, split_endpoints
+    from .cache import plan_disk
 
     where = paths()
     d = load_defaults(where)
@@ -61,9 +64,11 @@ def plan(
         type_v=v_type or kv, flash_attn=fa, gpu_layers=g,  # type: ignore[arg-type]
         budget_bytes=budget * (1 << 20) if budget is not None else None, swa_full=swa_full,
     )  # fmt: skip
+    disk, disk_text = plan_disk(where, state_budget_mb or d.state_budget_mb, p)
     if json_out:
-        print(json.dumps(asdict(p), default=str))
+        print(json.dumps({**asdict(p), "disk": disk}, default=str))
         return
     from rich.console import Console
 
     Console().print(format_plan(p))
+    Console().print(disk_text)

@@ -26,6 +26,7 @@ from .common import (
     RpcOpt,
     RpcPublicOpt,
     SeedOpt,
+    StateBudgetOpt,
     TempOpt,
     ThreadsOpt,
     VOpt,
@@ -62,6 +63,7 @@ def send(
     compaction: CompactOpt = None, max_tokens: MaxTokOpt = None, temperature: TempOpt = None, seed: SeedOpt = None,
     json_out: JsonOpt = False, repeat_penalty: RepeatOpt = None, dry_multiplier: DryOpt = None,
     loop_guard: LoopGuardOpt = None, rpc: RpcOpt = None, rpc_allow_public: RpcPublicOpt = False,
+    state_budget_mb: StateBudgetOpt = None,
 ) -> None:  # fmt: skip
     """One turn of a saved conversation (new, by id, or the latest).
 
@@ -92,6 +94,7 @@ def send(
                 compaction,
                 rpc=rpc,
                 rpc_allow_public=rpc_allow_public,
+                state_budget_mb=state_budget_mb,
             )
         ) as rt,
         stop_on_signals(exit=False) as sig,

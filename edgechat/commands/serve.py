@@ -18,6 +18,7 @@ from .common import (
     ModelOpt,
     RpcOpt,
     RpcPublicOpt,
+    StateBudgetOpt,
     ThreadsOpt,
     VOpt,
     engine_options,
@@ -45,6 +46,7 @@ def serve(
     model: ModelOpt = None, ctx: CtxOpt = None, kv_type: KvOpt = None, k_type: KOpt = None, v_type: VOpt = None,
     flash_attn: FaOpt = None, gpu_layers: GpuOpt = None, threads: ThreadsOpt = None, budget_mb: BudgetOpt = None,
     compaction: CompactOpt = None, rpc: RpcOpt = None, rpc_allow_public: RpcPublicOpt = False,
+    state_budget_mb: StateBudgetOpt = None,
 ) -> None:  # fmt: skip
     """An OpenAI-compatible HTTP server; conversations resume from their saved KV cache."""
     from ..serve import ServeOptions, run_server
@@ -69,6 +71,7 @@ def serve(
                 compaction,
                 rpc=rpc,
                 rpc_allow_public=rpc_allow_public,
+                state_budget_mb=state_budget_mb,
             )
         )
         # A server runs the model it was started with: a stored conversation's own model

@@ -181,7 +181,7 @@ class ChatScreen(Screen[None]):
         except EdgechatError as exc:
             self.app.show_error(exc)
             return
-        self.sidebar.show(records, self.conversation_id)
+        self.sidebar.show(records, self.conversation_id, self.runtime.cache.disk_usage())
 
     async def open_conversation(self, cid: str) -> None:
         """Show a stored conversation; its KV state is restored lazily, on the next turn."""
@@ -505,7 +505,8 @@ class ChatScreen(Screen[None]):
         if reply.compaction is not None:
             await self.chat_log.mark_compacted(reply.compaction.compacted_ids)
         source = turn.restored.get("source", st.restored_from)
-        phrase = restore_phrase(source, st.restore_s, st.ttft_s) if turn.fresh else ""
+        saved = (st.reused_tokens, st.prefill_saved_s)
+        phrase = restore_phrase(source, st.restore_s, st.ttft_s, *saved) if turn.fresh else ""
         self.status.update(
             ctx_used=st.context_tokens, ctx_limit=st.context_limit, kv_bytes=kv_bytes, kv_type=st.kv_type,
             ttft_s=st.ttft_s, tokens_per_s=st.decode_tokens_per_s or None, restore=phrase,

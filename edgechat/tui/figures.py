@@ -56,17 +56,20 @@ def bar(used: int, limit: int, width: int = 10) -> str:
     return "━" * filled
 
 
-def restore_phrase(source: str, restore_s: float, ttft_s: float) -> str:
-    """Where a reopened conversation's KV cache came from, as the user should read it.
+def restore_phrase(source: str, restore_s: float, ttft_s: float, tokens: int = 0, saved_s: float = 0.0) -> str:
+    """Where a reopened conversation's KV cache came from, as the user should read it: with the
+    `tokens` it held and the prefill time that `saved_s` at the measured rate, when known.
 
     A transcript rebuild happens during prefill, so its cost is the time to first token.
     """
+    held = f" {tokens:,} tokens" if tokens else ""
+    saved = f", saved ~{duration(saved_s)}" if saved_s >= 0.05 else ""
     if source == "memory":
-        return f"resumed from memory in {duration(restore_s)}"
+        return f"resumed{held} from memory in {duration(restore_s)}{saved}"
     if source == "state":
-        return f"resumed from cache in {duration(restore_s)}"
+        return f"resumed{held} from cache in {duration(restore_s)}{saved}"
     if source == "checkpoint":  # restored, then rewound through a context checkpoint
-        return f"resumed from a checkpoint in {duration(ttft_s)}"
+        return f"resumed{held} from a checkpoint in {duration(ttft_s)}{saved}"
     if source == "transcript":
         return f"rebuilt from transcript in {duration(ttft_s)}"
     return ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from textual import on
@@ -14,16 +14,18 @@ from textual.message import Message
 from textual.widgets import Input, OptionList
 from textual.widgets.option_list import Option
 
-from ..figures import ago, model_label
+from ..figures import ago, megabytes, model_label, snapshot_mode
 
 if TYPE_CHECKING:
     from ...store import ConversationRecord
 
 
-def describe(record: ConversationRecord, width: int = 26) -> Content:
-    """Two lines: the title, then last used · tokens in the context · model (cut first when narrow)."""
+def describe(record: ConversationRecord, width: int = 26, state_bytes: int = 0) -> Content:
+    """Two lines: the title, then last used · tokens in the context · its saved KV state on disk ·
+    model (cut first when narrow)."""
     title = record.title if len(record.title) <= width else record.title[: width - 1] + "…"
-    meta = f"{ago(record.updated_at)} · {record.token_count} tok · {model_label(record.model)}"
+    cache = f" · {megabytes(state_bytes)}" if state_bytes and not snapshot_mode() else ""
+    meta = f"{ago(record.updated_at)} · {record.token_count} tok{cache} · {model_label(record.model)}"
     if len(meta) > width:
         meta = meta[: width - 1] + "…"
     return Content.assemble((title, "bold"), "\n", (meta, "dim"))
@@ -63,12 +65,15 @@ class ConversationList(Vertical):
     def on_mount(self) -> None:
         self.border_title = "Conversations"
 
-    def show(self, records: Sequence[ConversationRecord], current: str | None) -> None:
-        """Refill the list, keeping the open conversation highlighted."""
+    def show(
+        self, records: Sequence[ConversationRecord], current: str | None, state_bytes: Mapping[str, int] | None = None
+    ) -> None:
+        """Refill the list, keeping the open conversation highlighted; `state_bytes`: each one's saved state."""
         options = self.query_one("#conversations", OptionList)
         width = max(12, (self.size.width or 28) - 4)
+        sizes = state_bytes or {}
         options.clear_options()
-        options.add_options([Option(describe(r, width), id=r.id) for r in records])
+        options.add_options([Option(describe(r, width, sizes.get(r.id, 0)), id=r.id) for r in records])
         if current is not None:
             try:
                 options.highlighted = options.get_option_index(current)
