@@ -33,6 +33,7 @@ COMMANDS = (
     "bench",  # bench, kv-eval
     "conversations",
     "models",
+    "cache",
 )
 
 

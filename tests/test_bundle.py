@@ -171,9 +171,10 @@ def test_an_existing_id_is_refused_and_as_new_imports_a_copy_under_a_fresh_id(or
 
 
 def test_a_bundle_that_does_not_fit_this_machine_resumes_from_the_transcript_with_one_notice(origin, tmp_path):
-    """Another model file (its sha256), another llama.cpp build, another KV type: each one a
-    re-read of the transcript and one notice naming why. (One home, copies imported --as-new,
-    so two runtimes serve the three turns.)"""
+    """Another model file (its sha256) or another KV type: each one a re-read of the transcript
+    and one notice naming why. Another llama.cpp build whose state format this one reads still
+    resumes from the bundled state (issue 17: upgrades keep the states that load). (One home,
+    copies imported --as-new, so two runtimes serve the turns.)"""
     home = tmp_path / "d"
     paths = resolve_paths(home)
 
@@ -188,7 +189,6 @@ def test_a_bundle_that_does_not_fit_this_machine_resumes_from_the_transcript_wit
 
     cases = {
         "different model file": (imported("model_fingerprint", "0" * 64), "f16"),
-        "llama.cpp": (imported("llama_build", "llama-cpp-python 0.0.1"), "f16"),
         "f16/f16": (imported(None), "q8_0"),  # the bundle is right; this machine asks for a q8_0 cache
     }
     for kv in ("f16", "q8_0"):
@@ -199,6 +199,11 @@ def test_a_bundle_that_does_not_fit_this_machine_resumes_from_the_transcript_wit
                 assert len(r.notices) == 1 and "not used" in r.notices[0] and said in r.notices[0], r.notices
                 if k == 0:  # (a second copy finds its identical tokens still in the live cache)
                     assert r.stats.prefill_tokens > r.stats.context_tokens / 2  # the history, re-read
+    other_build = imported("llama_build", "llama-cpp-python 0.0.1")
+    with _runtime(home, kv_type="f16") as rt:
+        rt.cache.claim(None)  # nothing of the copies above in the live cache
+        r = rt.conversation(other_build).send(SECOND, max_tokens=2, temperature=0)
+        assert r.stats.restored_from == "state", r.notices
 
 
 # refused bundles ------------------------------------------------------------------------------
