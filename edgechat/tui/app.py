@@ -50,6 +50,7 @@ from .widgets.prompt_input import PromptInput
 from .widgets.status_bar import StatusBar
 
 if TYPE_CHECKING:
+    from ..pressure import Reading
     from ..session import Reply, Runtime, TurnStats
     from ..store import ConversationRecord
 
@@ -162,9 +163,13 @@ class EdgechatApp(App[None]):
             self.error = error
 
     class MemoryProbed(Message):
-        def __init__(self, snapshot: MemorySnapshot) -> None:
+        def __init__(
+            self, snapshot: MemorySnapshot, reading: Reading | None = None, context: tuple[int, str, int] | None = None
+        ) -> None:
             super().__init__()
             self.snapshot = snapshot
+            self.reading = reading  # free RAM against the floor (issue 18)
+            self.context = context  # (limit, KV type, KV bytes) after a re-plan
 
     def __init__(
         self, make_runtime: MakeRuntime, *, conversation: str | None = None, cont: bool = False, autoload: bool = True
@@ -809,13 +814,17 @@ class EdgechatApp(App[None]):
         self.llama_thread.submit(self._probe_now)
 
     def _probe_now(self) -> None:
+        rt = self.runtime
         try:
             snapshot = probe()
+            # Between turns (this thread runs them): re-plan the context when memory got short.
+            replan = rt.watch_memory(snapshot) if rt is not None else None
+            context = (rt.context_limit, rt.kv_type, rt.kv_bytes()) if replan is not None and rt is not None else None
         except Exception:  # noqa: BLE001 - a failed probe only leaves the figures stale
             return
         finally:
             self._probe_pending = False
-        self.post_message(self.MemoryProbed(snapshot))
+        self.post_message(self.MemoryProbed(snapshot, rt.memory if rt is not None else None, context))
 
     def on_edgechat_app_memory_probed(self, message: MemoryProbed) -> None:
         snap = message.snapshot
@@ -826,6 +835,11 @@ class EdgechatApp(App[None]):
             vram_used=sum(g.used for g in gpus),
             vram_total=sum(g.total for g in gpus),
         )
+        if message.reading is not None:
+            self.status.update(ram_free=message.reading.ram_free, ram_floor=message.reading.ram_floor)
+        if message.context is not None:
+            limit, kv_type, kv_bytes = message.context
+            self.status.update(ctx_limit=limit, kv_type=kv_type, kv_bytes=kv_bytes)
 
     # actions --------------------------------------------------------------------------------
 
