@@ -558,7 +558,9 @@ def budget_for(snapshot: MemorySnapshot, budget_bytes: int | None = None, ram_fl
         above = max(0, snapshot.ram_available - ram_floor)
         where = f"{above // MiB:,} MiB available above a floor of {ram_floor // MiB:,} MiB"
         if budget_bytes is not None:
-            return Budget(min(int(budget_bytes), above), gpu, int(budget_bytes), snapshot.unified, f"--budget-mb, {where}")
+            return Budget(
+                min(int(budget_bytes), above), gpu, int(budget_bytes), snapshot.unified, f"--budget-mb, {where}"
+            )
         return Budget(above, gpu, None, snapshot.unified, where)
     if budget_bytes is not None:
         return Budget(int(budget_bytes), gpu, int(budget_bytes), snapshot.unified, "--budget-mb")

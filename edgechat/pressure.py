@@ -254,7 +254,9 @@ class Watcher:
             pick = attempt(types=keep if types_fixed else None, gpu_layers="auto")
         if pick is None:
             # Nothing fits what is free: give back all that can be given, the smallest context.
-            cheapest = keep if types_fixed else ("q4_0", "q4_0" if current.flash_attn or current.type_v != "f16" else "f16")
+            cheapest = (
+                keep if types_fixed else ("q4_0", "q4_0" if current.flash_attn or current.type_v != "f16" else "f16")
+            )
             try:
                 pick = replan(
                     0, machine, ctx=min(MIN_CTX, base.n_ctx), types=cheapest, gpu_layers=current.gpu_layers,
@@ -271,7 +273,10 @@ class Watcher:
 
     def _bigger(self, reading: Reading, current: Plan, base: Plan, replan: Replanner) -> Plan | None:
         machine = reading.with_margin(self.options.margin_bytes)
-        for types, layers in (((base.type_k, base.type_v), base.gpu_layers), ((current.type_k, current.type_v), current.gpu_layers)):
+        for types, layers in (
+            ((base.type_k, base.type_v), base.gpu_layers),
+            ((current.type_k, current.type_v), current.gpu_layers),
+        ):
             try:
                 p = replan(reading.floor, machine, ctx=base.n_ctx, types=types, gpu_layers=layers)
             except BudgetError:

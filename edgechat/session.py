@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from . import compaction as compact
-from . import pressure, testhooks
+from . import testhooks
 from .config import (
     SAMPLING_KEYS,
     EngineOptions,
@@ -37,7 +37,8 @@ from .errors import BudgetError, BusyError, Cancelled, EdgechatError
 from .gguf_info import GGUFInfo, read_gguf
 from .lock import ConversationLock
 from .memory import MemorySnapshot, anon_rss
-from .pressure import PressureOptions, Reading, Replan, Watcher
+from .pressure import Decision, PressureOptions, Reading, Replan, Replanner, Watcher
+from .pressure import read as read_memory
 from .shutdown import StopEvent  # noqa: F401 - part of the API: a stop flag with a reason
 from .state import StateFiles, model_fingerprint
 from .state_cache import StateCache, common_prefix
@@ -179,8 +180,7 @@ class Runtime:
         self._streaming: object | None = None  # the turn or generation now holding the live cache
         # Memory pressure (pressure.py): the floor and hold-off, the plan the model was loaded
         # with (the ceiling for growing back), the last reading, the re-plans made.
-        self.pressure = pressure or PressureOptions.from_env()
-        self.watcher = Watcher(self.pressure)
+        self.watcher = Watcher(pressure or PressureOptions.from_env())
         self.base_plan: Any = None
         self.memory: Reading | None = None
         self.replans: list[Replan] = []
@@ -204,6 +204,16 @@ class Runtime:
         self.options = self.asked.over(self.defaults)
         if self._system_prompt is None:
             self.system_prompt = self.defaults.system_prompt
+
+    @property
+    def pressure(self) -> PressureOptions:
+        """How memory is watched (floor, hold-off, margin): EDGECHAT_MEMORY_FLOOR_MB and friends, or
+        `Runtime(pressure=...)`; assigning a new value takes effect at the next look."""
+        return self.watcher.options
+
+    @pressure.setter
+    def pressure(self, options: PressureOptions) -> None:
+        self.watcher.options = options
 
     @property
     def explicit_compaction(self) -> str | None:
@@ -419,9 +429,10 @@ class Runtime:
         finally:
             self._turn_lock.release()
 
-    def _watch(self, snapshot: MemorySnapshot | None = None) -> Replan | None:
+    def _watch(self, snapshot: MemorySnapshot | None = None, held: str | None = None) -> Replan | None:
         """Under the turn lock: one look at memory and, when the watcher says so, the re-plan
-        (no notice: the caller gives it, a turn together with its compaction)."""
+        (no notice: the caller gives it, a turn together with its compaction). `held`: the
+        conversation whose lock the caller holds (a turn's own)."""
         engine, current, base = self.engine, self.plan, self.base_plan
         if not self.pressure.watch or engine is None or current is None or base is None:
             return None
@@ -429,7 +440,7 @@ class Runtime:
             from .memory import probe
 
             snapshot = probe(gpus=bool(base.total_gpu or current.total_gpu))
-        reading = pressure.read(snapshot, current, self.pressure, self._held())
+        reading = read_memory(snapshot, current, self.pressure, self._held())
         self.memory = reading
         o = self.options
         decision = self.watcher.decide(
@@ -439,13 +450,12 @@ class Runtime:
             layers_fixed=parse_gpu_layers(o.gpu_layers) != "auto",
         )  # fmt: skip
         if self.watcher.stuck and not self._told_stuck:
-            self._told_stuck = True
             self.on_notice(f"{reading.describe()}, and the context is as small as it gets: free some memory")
-        elif not self.watcher.stuck:
-            self._told_stuck = False
+        # Said once per shortage; a shrink already said it.
+        self._told_stuck = reading.pressed and (self._told_stuck or self.watcher.stuck or decision is not None)
         if decision is None:
             return None
-        return self._replan(decision, reading)
+        return self._replan(decision, reading, held)
 
     def _held(self) -> int | None:
         """Anonymous memory this process gained since just before the model loaded: the model's
@@ -453,7 +463,7 @@ class Runtime:
         now = anon_rss()
         return None if now is None or self._held_before is None else max(0, now - self._held_before)
 
-    def _replanner(self, engine: Engine) -> pressure.Replanner:
+    def _replanner(self, engine: Engine) -> Replanner:
         """planner.plan for the loaded model and the user's options, on a given machine and floor."""
         from . import planner
 
@@ -474,7 +484,7 @@ class Runtime:
 
         return replan
 
-    def _replan(self, decision: pressure.Decision, reading: Reading) -> Replan | None:
+    def _replan(self, decision: Decision, reading: Reading, held: str | None = None) -> Replan | None:
         """Recreate the context with the decided plan, keeping the model loaded.
 
         The live conversation's state is on disk after every turn (written now if not); it is
@@ -494,7 +504,7 @@ class Runtime:
         owner = self.cache.owner
         tokens = engine.cached_tokens if owner is not None else []
         lock: ConversationLock | None = None
-        if owner is not None and tokens:
+        if owner is not None and tokens and owner != held:
             lock = ConversationLock(self.paths.data_dir / "locks", owner, 0)
             try:
                 lock.acquire()  # the turn that held it has ended; another process may hold it now
@@ -868,10 +878,6 @@ class TurnStream:
 
             rt.on_notice = notice  # swapped under the lock, so a concurrent turn cannot leave it stale
             try:
-                try:  # memory first: a context re-planned now is the one this turn fits itself into
-                    self.replan = rt._watch()
-                except EdgechatError as exc:
-                    notice(f"could not re-plan the context: {exc}")
                 with ConversationLock(rt.paths.data_dir / "locks", cid, rt.lock_timeout_s, on_wait=waiting):
                     yield from self._turn(rt, cid)
             finally:
@@ -888,10 +894,17 @@ class TurnStream:
         testhooks.kill_point("load")
         conv = self.conv
         record = conv.record
-        engine = rt.load(None if rt.explicit_model else record.model, conversation=cid)
+        spec = None if rt.explicit_model else record.model
+        engine = rt.load(spec, conversation=cid)
         if conv._pending is None and record.model != rt.model_spec:
             rt.store.update(cid, model=rt.model_spec)
         rt.check_memory()
+        try:  # memory first: a context re-planned now is the one this turn fits itself into
+            self.replan = rt._watch(held=cid)
+        except EdgechatError as exc:
+            rt.on_notice(f"could not re-plan the context: {exc}")
+        if rt.engine is not engine:  # a failed re-plan unloaded it (or the GPU split changed)
+            engine = rt.load(spec, conversation=cid)
         t0 = time.perf_counter()
         history = conv.messages()
         system = str(record.settings.get("system_prompt") or "")
