@@ -484,6 +484,8 @@ class Engine:
             self.kind = "dense"
         # Snapshots of the untrimmable part of the cache, each at a prefix of cached_tokens.
         self.checkpoints: list[Checkpoint] = []
+        self.reloads = 0  # contexts recreated on this model (recreate_context)
+        self.context_lost = False
         template = self.info.chat_template
         self.has_chat_template = template is not None
         self._template = _compile_template(template or FALLBACK_TEMPLATE)
@@ -498,6 +500,77 @@ class Engine:
         self.threads.close()
         with self.lock:
             self.llm.close()
+
+    def recreate_context(self, settings: EngineSettings) -> None:
+        """Free the llama.cpp context (KV cache, compute buffers) and create a new one with other
+        context settings from the same loaded model: the weights are neither read nor copied again.
+
+        What may change: n_ctx, the K/V types, flash attention, swa_full, n_batch/n_ubatch.
+        The GPU layer split belongs to the model (a new Engine). The new cache starts empty.
+        The old context is freed first, so memory peaks at one context, not two; when the new
+        one cannot be allocated, the old settings are restored and ModelError says so (the
+        engine stays usable, with an empty cache). `reloads` counts the recreations.
+        """
+        _validate(settings)
+        settings = replace(settings, n_ctx=pad_ctx(settings.n_ctx))
+        if (settings.model_path, settings.gpu_layers) != (self.settings.model_path, self.settings.gpu_layers):
+            raise EdgechatError(
+                "only context settings can change without loading the model again",
+                "load the model with the new GPU layers instead (a new Engine)",
+            )
+        with self.lock:
+            old = self.settings
+            try:
+                self._new_context(settings)
+            except ValueError as exc:
+                try:
+                    self._new_context(old)
+                except ValueError:
+                    self.context_lost = True  # nothing usable left: the owner must close this engine
+                raise ModelError(
+                    f"llama.cpp could not allocate a {settings.n_ctx}-token context "
+                    f"({settings.type_k}/{settings.type_v} cache)",
+                    "free some memory, or lower --ctx",
+                ) from exc
+            self.settings = settings
+            self.reloads += 1
+
+    def _new_context(self, s: EngineSettings) -> None:
+        """Swap llama-cpp-python's context for a new one on the same llama_model.
+
+        Llama keeps its context, token buffer and batch as attributes; they are replaced as
+        Llama.__init__ makes them. The old LlamaContext is closed here; Llama's exit stack
+        closing it again at the end is a no-op, and the new one registered itself on the
+        model's stack, so it is freed before the model, as llama.cpp requires.
+        """
+        import numpy as np
+        from llama_cpp import _internals
+
+        llm, lc = self.llm, self._lc
+        llm._ctx.close()
+        n_batch = min(s.n_batch, s.n_ctx)
+        p = llm.context_params
+        p.n_ctx = s.n_ctx
+        p.n_batch = n_batch
+        p.n_ubatch = min(s.n_ubatch, n_batch)
+        p.n_threads, p.n_threads_batch = llm.n_threads, llm.n_threads_batch
+        p.type_k, p.type_v = _GGML_TYPE[s.type_k], _GGML_TYPE[s.type_v]
+        p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if s.use_flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        p.swa_full = s.swa_full
+        llm._ctx = _internals.LlamaContext(model=llm._model, params=p, verbose=llm.verbose)
+        if n_batch != llm.n_batch:
+            llm._batch.close()
+            llm._batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=s.n_ctx, verbose=llm.verbose)
+            llm.n_batch = n_batch
+        if len(llm.input_ids) != s.n_ctx:
+            llm.input_ids = np.ndarray((s.n_ctx,), dtype=np.intc)
+        llm._n_ctx = llm.n_ctx()
+        llm.n_tokens = 0
+        llm._requires_eval = True
+        self.n_ctx = llm.n_ctx()
+        self._memory = lc.llama_get_memory(llm._ctx.ctx)
+        self.checkpoints = []
+        self.context_lost = False
 
     def set_threads(self, decode: int, prefill: int) -> None:
         """Thread counts for single-token decode and for batches, on the live context (no reload).

@@ -132,6 +132,30 @@ def rss_now() -> int:
         return 0
 
 
+def anon_rss() -> int | None:
+    """Resident anonymous memory of this process in bytes (None when it cannot be told apart).
+
+    What the process would hand back by freeing its buffers: RSS without the file-backed
+    pages (a memory-mapped model is page cache, already counted as available RAM).
+    Linux: RssAnon from /proc/self/status; elsewhere psutil's rss minus shared, if it has it.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        info = psutil.Process().memory_info()
+        shared = getattr(info, "shared", None)
+        return int(info.rss - shared) if shared is not None else None
+    except Exception:  # noqa: BLE001 - a probe never raises
+        return None
+
+
 class PeakRss:
     """Context manager that samples RSS in a thread and keeps the peak, for benchmarks.
 

@@ -620,7 +620,14 @@ class Budget:
     source: str
 
 
-def budget_for(snapshot: MemorySnapshot, budget_bytes: int | None = None) -> Budget:
+def ram_floor(available: int) -> int:
+    """The RAM the planner leaves to the rest of the machine when `available` bytes are free to
+    a model: a quarter of it plus RAM_MARGIN. Free RAM falling below it while a model is loaded
+    is memory pressure (pressure.py re-plans the context then)."""
+    return available - max(0, int(RAM_SHARE * available) - RAM_MARGIN)
+
+
+def budget_for(snapshot: MemorySnapshot, budget_bytes: int | None = None, ram_floor: int | None = None) -> Budget:
     """The memory a new model may use, from a live snapshot.
 
     Without an explicit budget: 75% of the RAM available now, less 256 MiB, so the
@@ -630,11 +637,21 @@ def budget_for(snapshot: MemorySnapshot, budget_bytes: int | None = None) -> Bud
     and allocator slack that the driver does not show until llama.cpp starts.
     An explicit `budget_bytes` caps the whole model (RAM + VRAM) and replaces the RAM
     share; VRAM is still limited by what is free.
+    `ram_floor`, when given, replaces the share: the model may take what is available above
+    it (a re-plan under memory pressure passes the floor it watches), within `budget_bytes`.
     """
     gpus = snapshot.gpus if not snapshot.unified else ()
     gpu: int | None = None
     if gpus:
         gpu = sum(max(0, g.free - max(VRAM_MARGIN, int(VRAM_MARGIN_SHARE * g.total))) for g in gpus)
+    if ram_floor is not None:
+        above = max(0, snapshot.ram_available - ram_floor)
+        where = f"{above // MiB:,} MiB available above a floor of {ram_floor // MiB:,} MiB"
+        if budget_bytes is not None:
+            return Budget(
+                min(int(budget_bytes), above), gpu, int(budget_bytes), snapshot.unified, f"--budget-mb, {where}"
+            )
+        return Budget(above, gpu, None, snapshot.unified, where)
     if budget_bytes is not None:
         return Budget(int(budget_bytes), gpu, int(budget_bytes), snapshot.unified, "--budget-mb")
     ram = max(0, int(RAM_SHARE * snapshot.ram_available) - RAM_MARGIN)
@@ -702,6 +719,7 @@ def plan(
     n_ubatch: int = 512,
     swa_full: bool = False,
     gpu_offload: bool | None = None,
+    ram_floor: int | None = None,
 ) -> Plan:
     """Choose n_ctx, KV types and GPU layers for `info` within a memory budget.
 
@@ -713,6 +731,7 @@ def plan(
 
     `snapshot` defaults to `memory.probe()`; `gpu_offload` (can llama.cpp use the GPU)
     defaults to "a GPU was found and this llama.cpp build supports offload".
+    `ram_floor`: see budget_for (a re-plan under memory pressure).
     Raises BudgetError when not even MIN_CTX tokens with the cheapest cache fit.
     """
     if n_ctx is not None and n_ctx < 1:
@@ -727,7 +746,7 @@ def plan(
 
         snapshot = probe()
     s = _shape(info, snapshot.cpu_flags)
-    b = budget_for(snapshot, budget_bytes)
+    b = budget_for(snapshot, budget_bytes, ram_floor)
     reasons: list[str] = []
     forced: list[str] = []
 
@@ -1095,4 +1114,5 @@ __all__ = [
     "resume_cost",
     "plan",
     "plan_for_path",
+    "ram_floor",
 ]

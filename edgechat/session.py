@@ -36,6 +36,9 @@ from .engine import Engine, Generation
 from .errors import BudgetError, BusyError, Cancelled, EdgechatError, ModelError
 from .gguf_info import GGUFInfo
 from .lock import ConversationLock
+from .memory import MemorySnapshot, anon_rss
+from .pressure import Decision, PressureOptions, Reading, Replan, Replanner, Watcher
+from .pressure import read as read_memory
 from .shutdown import StopEvent  # noqa: F401 - part of the API: a stop flag with a reason
 from .state import StateFiles, model_fingerprint
 from .state_cache import StateCache, common_prefix
@@ -77,6 +80,9 @@ class TurnStats:
     sampling: dict[str, Any] = field(default_factory=dict)  # the effective SamplingSettings
     reused_tokens: int = 0  # prompt tokens the cache already held (not prefilled)
     prefill_saved_s: float = 0.0  # their prefill time at this machine's measured rate (0: not measured yet)
+    # A re-plan of the live context under memory pressure since the last turn (pressure.Replan
+    # as JSON: reason, ctx_before, ctx_after, kv_before, kv_after, seconds, ...), else None.
+    replan: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,7 @@ class Runtime:
         sampling: dict[str, Any] | None = None,
         rpc: str | Sequence[str] | None = None,
         rpc_allow_public: bool | None = None,
+        pressure: PressureOptions | None = None,
     ) -> None:
         # What the caller asked for; `load` adds config.toml's choices where these leave one open.
         self.asked = (options or EngineOptions()).given(
@@ -186,6 +193,15 @@ class Runtime:
         self.plan: Any = None
         self._turn_lock = threading.RLock()
         self._streaming: object | None = None  # the turn or generation now holding the live cache
+        # Memory pressure (pressure.py): the floor and hold-off, the plan the model was loaded
+        # with (the ceiling for growing back), the last reading, the re-plans made.
+        self.watcher = Watcher(pressure or PressureOptions.from_env())
+        self.base_plan: Any = None
+        self.memory: Reading | None = None
+        self.replans: list[Replan] = []
+        self._unreported: Replan | None = None  # made between turns: the next turn's stats carry it
+        self._told_stuck = False
+        self._held_before: int | None = None
 
     def with_options(self, **changed: Any) -> Runtime:
         """A new runtime like this one (home, notices, sampling, system prompt) whose asked-for
@@ -193,7 +209,7 @@ class Runtime:
         return Runtime(
             options=replace(self.asked, **changed), home=self._home, system_prompt=self._system_prompt,
             download=self.download, lock_timeout_s=self.lock_timeout_s, on_notice=self.on_notice,
-            sampling=self.sampling_overrides,
+            sampling=self.sampling_overrides, pressure=self.pressure,
         )  # fmt: skip
 
     def refresh_defaults(self) -> None:
@@ -204,6 +220,16 @@ class Runtime:
         self.cache.budget_mb = self.options.state_budget_mb
         if self._system_prompt is None:
             self.system_prompt = self.defaults.system_prompt
+
+    @property
+    def pressure(self) -> PressureOptions:
+        """How memory is watched (floor, hold-off, margin): EDGECHAT_MEMORY_FLOOR_MB and friends, or
+        `Runtime(pressure=...)`; assigning a new value takes effect at the next look."""
+        return self.watcher.options
+
+    @pressure.setter
+    def pressure(self, options: PressureOptions) -> None:
+        self.watcher.options = options
 
     @property
     def explicit_compaction(self) -> str | None:
@@ -283,13 +309,13 @@ class Runtime:
             self.engine.close()
             self.engine = None
         self.cache.bind("", 0)
+        self._held_before = anon_rss()  # what this process held before the model: see _held()
         self.engine = Engine(settings, info, cache_dir=self.paths.model_cache)
         self.model_spec = spec
         self.model_name = resolved.name
-        p = self.plan
-        # The in-RAM cache of other conversations' states lives inside the budget too.
-        room = (p.budget - p.total) if p.budget is not None else (p.budget_ram - p.total_cpu)
-        self.cache.bind(model_fingerprint(resolved.path, self.paths.fingerprint_cache), room)
+        self.base_plan = self.plan
+        self.watcher.reset()
+        self.cache.bind(model_fingerprint(resolved.path, self.paths.fingerprint_cache), _ram_room(self.plan))
         return self.engine
 
     def _settings_for(self, path: Path, info: GGUFInfo, kv_types: tuple[str, str] | None = None) -> EngineSettings:
@@ -408,6 +434,182 @@ class Runtime:
 
     def check_memory(self) -> None:
         self.cache.check_memory()
+
+    # memory pressure ------------------------------------------------------------------
+
+    def watch_memory(self, snapshot: MemorySnapshot | None = None, *, blocking: bool = False) -> Replan | None:
+        """Between turns (the UI's idle timer, `serve` between requests, a script's loop): read
+        free memory and re-plan the live context when it fell below the floor, or grow it back
+        once memory has returned for the hold-off time (pressure.py). `rt.memory` holds the
+        reading. Never while a reply streams: the turn lock is taken without waiting (unless
+        `blocking`), and a stream suspended in this very thread counts as streaming. Returns
+        the re-plan made (its one notice already given), if any."""
+        if not self._turn_lock.acquire(blocking=blocking):
+            return None
+        try:
+            if self._streaming is not None:
+                return None
+            replan = self._watch(snapshot)
+            if replan is not None:
+                self._unreported = replan
+                self.on_notice(replan.describe())
+            return replan
+        finally:
+            self._turn_lock.release()
+
+    def _watch(self, snapshot: MemorySnapshot | None = None, held: str | None = None) -> Replan | None:
+        """Under the turn lock: one look at memory and, when the watcher says so, the re-plan
+        (no notice: the caller gives it, a turn together with its compaction). `held`: the
+        conversation whose lock the caller holds (a turn's own)."""
+        engine, current, base = self.engine, self.plan, self.base_plan
+        if not self.pressure.watch or engine is None or current is None or base is None:
+            return None
+        if snapshot is None:
+            from .memory import probe
+
+            snapshot = probe(gpus=bool(base.total_gpu or current.total_gpu))
+        reading = read_memory(snapshot, current, self.pressure, self._held())
+        self.memory = reading
+        o = self.options
+        decision = self.watcher.decide(
+            reading, time.monotonic(), current, base, self._replanner(engine),
+            live_tokens=engine.n_cached if self.cache.owner is not None else 0,
+            types_fixed=o.type_k is not None or o.type_v is not None,
+            layers_fixed=parse_gpu_layers(o.gpu_layers) != "auto",
+        )  # fmt: skip
+        if self.watcher.stuck and not self._told_stuck:
+            self.on_notice(f"{reading.describe()}, and the context is as small as it gets: free some memory")
+        # Said once per shortage; a shrink already said it.
+        self._told_stuck = reading.pressed and (self._told_stuck or self.watcher.stuck or decision is not None)
+        if decision is None:
+            return None
+        return self._replan(decision, reading, held)
+
+    def _held(self) -> int | None:
+        """Anonymous memory this process gained since just before the model loaded: the model's
+        buffers as far as they are resident, and the in-RAM states (what a re-plan can free)."""
+        now = anon_rss()
+        return None if now is None or self._held_before is None else max(0, now - self._held_before)
+
+    def _replanner(self, engine: Engine) -> Replanner:
+        """planner.plan for the loaded model and the user's options, on a given machine and floor."""
+        from . import planner
+
+        o = self.options
+        budget = o.budget_mb * (1 << 20) if o.budget_mb else None
+
+        def replan(
+            floor: int, machine: MemorySnapshot, *, ctx: int, types: tuple[str, str] | None,
+            gpu_layers: Literal["auto"] | int, n_ubatch: int = 512,
+        ) -> planner.Plan:  # fmt: skip
+            tk, tv = types if types is not None else (o.type_k, o.type_v)
+            if o.flash_attn is False and tv not in (None, "f16"):
+                tv = "f16"  # a quantized V cache needs flash attention, which the user turned off
+            return planner.plan(
+                engine.info, n_ctx=ctx, type_k=tk, type_v=tv, flash_attn=o.flash_attn, gpu_layers=gpu_layers,
+                budget_bytes=budget, snapshot=machine, n_ubatch=n_ubatch, swa_full=o.swa_full, ram_floor=floor,
+            )  # fmt: skip
+
+        return replan
+
+    def _replan(self, decision: Decision, reading: Reading, held: str | None = None) -> Replan | None:
+        """Recreate the context with the decided plan, keeping the model loaded.
+
+        The live conversation's state is on disk after every turn (written now if not); it is
+        loaded back when it fits the new context's size and K/V types. When it does not, its
+        file is dropped: the next turn rebuilds the conversation from the transcript and
+        compacts it to the new context (the turn pipeline's own compaction). The GPU layer
+        split is the model's: changing it loads the model again (only when no context fits
+        the layers in place). If the context cannot be recreated, the model is unloaded and
+        the next turn loads it afresh, planned from what is free then.
+        """
+        engine = self.engine
+        assert engine is not None
+        t0 = time.perf_counter()
+        before, plan_before, new = engine.settings, self.plan, decision.plan
+        settings = new.engine_settings(before.model_path, threads=self.options.threads, seed=before.seed)
+        reload_model = settings.gpu_layers != before.gpu_layers
+        owner = self.cache.owner
+        tokens = engine.cached_tokens if owner is not None else []
+        lock: ConversationLock | None = None
+        if owner is not None and tokens and owner != held:
+            lock = ConversationLock(self.paths.data_dir / "locks", owner, 0)
+            try:
+                lock.acquire()  # the turn that held it has ended; another process may hold it now
+            except BusyError:
+                lock, tokens = None, []  # that process writes this conversation's state, not us
+        restored = False
+        try:
+            on_disk = bool(tokens) and owner is not None and self._state_on_disk(owner, engine, tokens)
+            try:
+                if reload_model:
+                    info = engine.info
+                    self.engine = None
+                    engine.close()
+                    self.engine = Engine(settings, info)
+                else:
+                    engine.recreate_context(settings)
+            except EdgechatError as exc:
+                self.unload()
+                self.on_notice(
+                    f"{decision.reason}, but the context could not be recreated ({exc.message}); "
+                    "the model loads again with the next turn"
+                )
+                return None
+            self.plan = new
+            self.cache.bind(self.cache.fingerprint, _ram_room(new))  # parked states go: memory is short
+            if on_disk and owner is not None and self.engine is not None:
+                restored = self.cache.reload(owner, self.engine, tokens)
+                if not restored:
+                    self.cache.forget(owner)  # it no longer fits: the next turn would refuse it anyway
+        finally:
+            if lock is not None:
+                lock.release()
+        after = self.engine.settings if self.engine is not None else settings
+        replan = Replan(
+            reason=decision.reason, direction=decision.direction,
+            ctx_before=before.n_ctx, ctx_after=after.n_ctx, kv_before=kv_label(before), kv_after=kv_label(after),
+            gpu_layers_before=before.gpu_layers, gpu_layers_after=after.gpu_layers,
+            n_ubatch_before=before.n_ubatch, n_ubatch_after=after.n_ubatch,
+            ram_free=reading.ram_free, ram_floor=reading.ram_floor,
+            planned_before=plan_before.total_cpu, planned_after=new.total_cpu,
+            planned_kv_before=plan_before.kv, planned_kv_after=new.kv,
+            planned_gpu_before=plan_before.total_gpu, planned_gpu_after=new.total_gpu,
+            conversation_id=owner, live_tokens=len(tokens), restored=restored, reloaded_model=reload_model,
+            seconds=time.perf_counter() - t0,
+        )  # fmt: skip
+        self.replans = [*self.replans[-49:], replan]
+        return replan
+
+    def _state_on_disk(self, cid: str, engine: Engine, tokens: list[int]) -> bool:
+        """Whether `cid`'s state file holds exactly the live tokens, writing it when it is missing
+        or older. A file that is not a prefix of the live tokens was written since by another
+        process: it is left alone (and the live cache is not restored)."""
+        try:
+            header = self.states.read_header(cid, missing_ok=True)
+        except EdgechatError:
+            header = None
+        if header is not None and list(header.tokens) == tokens:
+            return True
+        if header is not None and common_prefix(header.tokens, tokens) < len(header.tokens):
+            return False
+        return self.cache.save(cid, engine)[1] > 0
+
+    def take_replan(self) -> Replan | None:
+        """The re-plan made between turns that no turn has reported yet (then forgotten)."""
+        replan, self._unreported = self._unreported, None
+        return replan
+
+
+def _replan_json(own: Replan | None, earlier: Replan | None) -> dict[str, Any] | None:
+    """A turn reports its own re-plan, else one made between turns since the last turn."""
+    replan = own or earlier
+    return replan.to_json() if replan is not None else None
+
+
+def _ram_room(p: Any) -> int:
+    """What the in-RAM cache of other conversations' states may hold: the budget the plan leaves."""
+    return int((p.budget - p.total) if p.budget is not None else (p.budget_ram - p.total_cpu))
 
 
 def checkpoint_points(engine: Engine, chat: Sequence[dict[str, str]], tokens: Sequence[int]) -> tuple[int, ...]:
@@ -679,6 +881,8 @@ class TurnStream:
         self.write_s = 0.0
         self._gen: Generator[str, None, None] | None = None
         self._close_reason = "stopped"
+        self.replan: Replan | None = None  # the live context was re-planned before this turn
+        self._replan_told = False
 
     def __iter__(self) -> Iterator[str]:
         if self._gen is None:
@@ -719,14 +923,22 @@ class TurnStream:
                 with ConversationLock(rt.paths.data_dir / "locks", cid, rt.lock_timeout_s, on_wait=waiting):
                     yield from self._turn(rt, cid)
             finally:
+                self._tell_replan(rt)
                 rt.on_notice = outer_notice
+
+    def _tell_replan(self, rt: Runtime, compacted: int = 0, policy: str = "") -> None:
+        """The re-plan's one notice, with what this turn's compaction did about it."""
+        if self.replan is not None and not self._replan_told:
+            self._replan_told = True
+            rt.on_notice(self.replan.describe(compacted, policy, in_turn=True))
 
     def _turn(self, rt: Runtime, cid: str) -> Iterator[str]:
         testhooks.kill_point("load")
         conv = self.conv
         record = conv.record
+        spec = None if rt.explicit_model else record.model
         try:
-            engine = rt.load(None if rt.explicit_model else record.model, conversation=cid)
+            engine = rt.load(spec, conversation=cid)
         except ModelError as exc:
             if rt.explicit_model:
                 raise
@@ -734,6 +946,12 @@ class TurnStream:
         if conv._pending is None and record.model != rt.model_spec:
             rt.store.update(cid, model=rt.model_spec)
         rt.check_memory()
+        try:  # memory first: a context re-planned now is the one this turn fits itself into
+            self.replan = rt._watch(held=cid)
+        except EdgechatError as exc:
+            rt.on_notice(f"could not re-plan the context: {exc}")
+        if rt.engine is not engine:  # a failed re-plan unloaded it (or the GPU split changed)
+            engine = rt.load(spec, conversation=cid)
         t0 = time.perf_counter()
         history = conv.messages()
         system = str(record.settings.get("system_prompt") or "")
@@ -755,6 +973,8 @@ class TurnStream:
             # Decided before the message is stored: a message that cannot fit is refused whole.
             policy = rt.explicit_compaction or str(record.settings.get("compaction") or rt.compaction)
             cut = (policy, self._plan_cut(engine, policy, system, summary, active, user, reserve, len(tokens)))
+        else:
+            self._tell_replan(rt)
 
         # The message first: committed before restore and prefill, with an empty reply row.
         title = None
@@ -790,6 +1010,7 @@ class TurnStream:
             if cut is not None:
                 result, chat, tokens = self._compact(rt, engine, cut, system, summary, active, user, len(tokens))
                 self.on_event("compacted", result)
+                self._tell_replan(rt, sum(m.role == "user" for m in active[: cut[1]]), cut[0])
             t_gen = time.perf_counter()  # ttft_s covers restore and compaction too
             self.prompt_tokens = len(tokens)
             points = checkpoint_points(engine, chat, tokens)
@@ -889,6 +1110,7 @@ class TurnStream:
                 sampling=asdict(self.sampling),
                 reused_tokens=reused,
                 prefill_saved_s=saved_s,
+                replan=_replan_json(self.replan, rt.take_replan()),
             ),
             notices=tuple(self.notices),
             compaction=result if not empty_stop else None,

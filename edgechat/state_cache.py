@@ -150,6 +150,22 @@ class StateCache:
             raise StateError(f"written by {header.llama_build}, which this {build} cannot read") from exc
         return True
 
+    def reload(self, cid: str, engine: Engine, tokens: Sequence[int]) -> bool:
+        """After the live context was recreated with other settings (a re-plan under memory
+        pressure): load `cid`'s state file back when it holds exactly `tokens` and fits the new
+        context's size and K/V types. False leaves the cache empty and unowned."""
+        try:
+            header = self.files.read_header(cid, missing_ok=True)
+            if header is None or list(header.tokens) != list(tokens):
+                return False
+            self._load_file(cid, engine, list(tokens))
+        except StateError:
+            engine.clear()
+            self.owner = None
+            return False
+        self.owner = cid
+        return True
+
     def saved_types(self, cid: str) -> tuple[str, str] | None:
         """The K/V types of a conversation's saved state, if it has a readable one."""
         try:

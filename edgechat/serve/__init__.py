@@ -28,6 +28,7 @@ from ..errors import ConfigError, EdgechatError
 DEFAULT_PORT = 8080
 DEFAULT_QUEUE = 16
 DEFAULT_MAX_BODY_MB = 8
+WATCH_MEMORY_S = 2.0  # between requests, free memory is looked at this often (issue 18)
 
 
 @dataclass(frozen=True)
@@ -130,10 +131,22 @@ def run_server(make_runtime: Callable[[], Any], options: ServeOptions) -> int:
                 state.backend = backend
                 state.model = backend.rt.model_name
                 print(f"edgechat serving {state.model} on {_url(options.host, port)}", file=sys.stderr, flush=True)
+                self.watch_task = asyncio.ensure_future(self._watch(backend))
                 return
             print(f"error: {state.load_error}", file=sys.stderr, flush=True)
             status["code"] = 1
             self.should_exit = True
+
+        async def _watch(self, backend: Backend) -> None:
+            """Between requests: free memory against the floor, on the llama thread while it is idle."""
+            while not self.should_exit:
+                await asyncio.sleep(WATCH_MEMORY_S)
+                if worker.pending or self.should_exit:
+                    continue  # a request runs or waits: its turn looks before it starts
+                try:
+                    await asyncio.wrap_future(worker.call(backend.watch_memory))
+                except Exception:  # noqa: BLE001 - a failed look (or the thread shutting down) waits for the next
+                    continue
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             worker.stop_all()  # the reply in flight stops at its next token and is stored

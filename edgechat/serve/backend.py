@@ -47,6 +47,11 @@ class Backend:
     def close(self) -> None:
         self.rt.close()
 
+    def watch_memory(self) -> None:
+        """Between requests (on the llama thread): re-plan the context when memory got short, or
+        grow it back (Runtime.watch_memory); the next chat response carries the re-plan."""
+        self.rt.watch_memory()
+
     # models ---------------------------------------------------------------------------
 
     def models(self) -> ModelInfo:
@@ -134,6 +139,7 @@ class Backend:
                 "kv_type": st.kv_type,
                 "finish_reason": st.finish_reason,
                 "notices": list(reply.notices),
+                "replan": st.replan,  # the context re-planned under memory pressure since the last turn, or None
             },
         )
 

@@ -638,13 +638,17 @@ class ChatScreen(Screen[None]):
             self._probe_pending = False
 
     def _probe_now(self) -> None:
+        rt = self.runtime
         try:
             snapshot = probe()
+            # Between turns (this thread runs them): re-plan the context when memory got short.
+            replan = rt.watch_memory(snapshot) if rt is not None else None
+            context = (rt.context_limit, rt.kv_type, rt.kv_bytes()) if replan is not None and rt is not None else None
         except Exception:  # noqa: BLE001 - a failed probe only leaves the figures stale
             return
         finally:
             self._probe_pending = False
-        self.post_message(MemoryProbed(snapshot))
+        self.post_message(MemoryProbed(snapshot, rt.memory if rt is not None else None, context))
 
     @on(MemoryProbed)
     def _memory_probed(self, message: MemoryProbed) -> None:
@@ -658,6 +662,11 @@ class ChatScreen(Screen[None]):
             vram_total=sum(g.total for g in local),
             remote=tuple((g.endpoint, g.used, g.total) for g in snap.gpus if g.endpoint),
         )
+        if message.reading is not None:
+            self.status.update(ram_free=message.reading.ram_free, ram_floor=message.reading.ram_floor)
+        if message.context is not None:
+            limit, kv_type, kv_bytes = message.context
+            self.status.update(ctx_limit=limit, kv_type=kv_type, kv_bytes=kv_bytes)
 
     # actions --------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from textual.message import Message
 if TYPE_CHECKING:
     from ..errors import EdgechatError
     from ..memory import MemorySnapshot
+    from ..pressure import Reading
     from ..session import Reply
     from .chat_screen import ActiveTurn
 
@@ -82,6 +83,8 @@ class JobDone(Message):
 
 @dataclass
 class MemoryProbed(Message):
-    """RAM and GPU memory, as the periodic probe read them."""
+    """RAM and GPU memory, as the periodic probe read them, and a re-plan it caused."""
 
     snapshot: MemorySnapshot
+    reading: Reading | None = None  # free RAM against the floor (issue 18)
+    context: tuple[int, str, int] | None = None  # (limit, KV type, KV bytes) after a re-plan

@@ -31,6 +31,8 @@ class StatusFigures:
     vram_used: int = 0
     vram_total: int = 0
     vram_budget_mb: int | None = None
+    ram_free: int = 0  # free RAM against the floor the runtime keeps (below it, the context shrinks)
+    ram_floor: int = 0
     ttft_s: float | None = None
     tokens_per_s: float | None = None
     restore: str = ""
@@ -105,6 +107,10 @@ class StatusBar(Widget):
             else:
                 ram = f"RAM {megabytes(f.rss_bytes)}/{megabytes(f.ram_total)}"
             out.append((6, Content(ram)))
+        if f.ram_floor and not still:
+            low = f.ram_free < f.ram_floor
+            free = f"free {megabytes(f.ram_free)}/floor {megabytes(f.ram_floor)}"
+            out.append((6, Content.from_markup("[$error]$free[/]" if low else "$free", free=free)))
         if f.vram_total and not still:
             limit = f"{megabytes(f.vram_budget_mb * 2**20)} budget" if f.vram_budget_mb else megabytes(f.vram_total)
             out.append((7, Content(f"VRAM {megabytes(f.vram_used)}/{limit}")))
