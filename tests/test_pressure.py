@@ -212,6 +212,49 @@ def test_serve_replans_between_requests(tmp_path, smollm2):
         s.stop()
 
 
+@pytest.mark.asyncio
+async def test_the_chat_ui_replans_while_idle_and_shows_free_memory_against_the_floor(home, smollm2, monkeypatch):
+    from edgechat import Runtime
+    from edgechat.config import resolve_paths, save_default
+    from edgechat.tui.app import EdgechatApp
+
+    monkeypatch.setenv("EDGECHAT_SNAPSHOT", "")
+    save_default(resolve_paths(home), "max_tokens", 8)
+    notes: list[str] = []
+
+    def make_runtime(on_notice):
+        def both(text: str) -> None:
+            notes.append(text)
+            on_notice(text)
+
+        return Runtime(model=str(smollm2), home=home, ctx=1024, threads=1, kv_type="f16", on_notice=both)
+
+    app = EdgechatApp(make_runtime)
+    try:
+        async with app.run_test(size=(200, 30)) as pilot:
+
+            async def until(predicate, timeout: float = 60) -> None:
+                deadline = time.monotonic() + timeout
+                while not predicate():
+                    assert time.monotonic() < deadline, app.status.render().plain
+                    await pilot.pause(0.05)
+
+            await until(lambda: app.model_ready)
+            app.prompt.text = "Hello!"
+            await pilot.press("enter")
+            await until(lambda: app.last_stats is not None and app.turn is None)
+            app.probe_memory()
+            await until(lambda: "floor" in app.status.render().plain)
+            assert app.status.figures.ctx_limit == 1024 and app.status.figures.ram_free > app.status.figures.ram_floor
+            app.runtime.pressure = PressureOptions(floor_bytes=HUGE_FLOOR)  # memory runs out while idle
+            app.probe_memory()
+            await until(lambda: app.status.figures.ctx_limit == 512)
+            assert any("free RAM fell to" in n and "1,024 → 512" in n for n in notes)
+            assert app.status.figures.ram_free < app.status.figures.ram_floor
+    finally:
+        assert app.shut_down(timeout=60)
+
+
 # The decisions alone, on the real model's header and synthetic machines (no model loaded).
 
 
