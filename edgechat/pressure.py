@@ -33,8 +33,16 @@ MiB = 1 << 20
 FLOOR_ENV = "EDGECHAT_MEMORY_FLOOR_MB"  # a fixed RAM floor in MiB ("off": never re-plan)
 HOLD_ENV = "EDGECHAT_GROW_HOLD_S"
 MARGIN_ENV = "EDGECHAT_GROW_MARGIN_MB"
+SETTLE_ENV = "EDGECHAT_REPLAN_SETTLE_S"
 DEFAULT_HOLD_S = 60.0
 DEFAULT_MARGIN = 256 * MiB
+# After a re-plan the kernel's free-memory figure lags what the process gave back: freed pages
+# sit in per-CPU lists, and on VMs with free-page reporting (virtio-balloon) they come back
+# over 10-20 s (measured here: 200 MiB freed showed as +117 MiB after 11 s, +160 after 19 s).
+# For this long after a shrink, what it gave back counts as free, so a look at the stale figure
+# does not shrink again for a shortage already met (a new shortage still does); no growing meanwhile.
+DEFAULT_SETTLE_S = 20.0
+MIN_GAIN = 8 * MiB  # a re-plan that gives back less is not worth a new context
 KV_RANK = {"q4_0": 0, "q8_0": 1, "f16": 2}
 
 
@@ -45,11 +53,13 @@ class PressureOptions:
     floor_bytes: int | None = None
     hold_s: float = DEFAULT_HOLD_S  # free memory must stay up this long before the context grows back
     margin_bytes: int = DEFAULT_MARGIN  # ...with this much to spare beyond the bigger plan
+    settle_s: float = DEFAULT_SETTLE_S  # the free figure lags a re-plan this long (see DEFAULT_SETTLE_S)
     watch: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PressureOptions:
-        """EDGECHAT_MEMORY_FLOOR_MB (MiB, or "off"), EDGECHAT_GROW_HOLD_S, EDGECHAT_GROW_MARGIN_MB."""
+        """EDGECHAT_MEMORY_FLOOR_MB (MiB, or "off"), EDGECHAT_GROW_HOLD_S, EDGECHAT_GROW_MARGIN_MB,
+        EDGECHAT_REPLAN_SETTLE_S."""
         env = os.environ if env is None else env
         out = cls()
         floor = env.get(FLOOR_ENV, "").strip()
@@ -61,6 +71,8 @@ class PressureOptions:
             out = replace(out, hold_s=_number(HOLD_ENV, env[HOLD_ENV]))
         if env.get(MARGIN_ENV, "").strip():
             out = replace(out, margin_bytes=int(_number(MARGIN_ENV, env[MARGIN_ENV]) * MiB))
+        if env.get(SETTLE_ENV, "").strip():
+            out = replace(out, settle_s=_number(SETTLE_ENV, env[SETTLE_ENV]))
         return out
 
 
@@ -87,6 +99,7 @@ class Reading:
     ram_free: int
     ram_floor: int
     floor: int = 0
+    credit: int = 0  # given back by the last shrink, not shown by the kernel yet (Watcher.credit)
     vram_free: int | None = None  # only when the model's cache lives on a GPU
     vram_floor: int | None = None
     # The snapshot with this process's model memory handed back (what a fresh plan would see).
@@ -94,7 +107,7 @@ class Reading:
 
     @property
     def ram_low(self) -> bool:
-        return self.ram_free < self.ram_floor
+        return self.ram_free + self.credit < self.ram_floor
 
     @property
     def vram_low(self) -> bool:
@@ -119,9 +132,12 @@ class Reading:
         return replace(m, ram_available=max(0, m.ram_available - margin), gpus=gpus)
 
 
-def read(snapshot: MemorySnapshot, current: Estimate, options: PressureOptions, held: int | None = None) -> Reading:
+def read(
+    snapshot: MemorySnapshot, current: Estimate, options: PressureOptions, held: int | None = None, credit: int = 0
+) -> Reading:
     """Free memory now against the floor, for a model whose live settings cost `current` and
     which holds `held` bytes of anonymous memory now (measured; None: take the plan's word).
+    `credit`: memory a shrink just gave back that the kernel does not show yet.
 
     What a re-plan may use is what is free plus what this model holds: measured, not planned,
     so that memory moving between this process and the free pool (a shrink, a grow) leaves
@@ -131,7 +147,7 @@ def read(snapshot: MemorySnapshot, current: Estimate, options: PressureOptions, 
     """
     need = current.total if snapshot.unified else current.total_cpu
     ours = need if held is None or snapshot.unified else max(0, held)
-    available = snapshot.ram_available + ours
+    available = snapshot.ram_available + credit + ours
     floor = options.floor_bytes if options.floor_bytes is not None else ram_floor(available)
     # Free RAM must cover the floor plus what the plan can still grow into.
     floor_now = floor + max(0, need - ours)
@@ -147,7 +163,7 @@ def read(snapshot: MemorySnapshot, current: Estimate, options: PressureOptions, 
         back = replace(g, free=g.free + current.total_gpu, used=max(0, g.used - current.total_gpu))
         gpus = (*gpus[:i], back, *gpus[i + 1 :])
     machine = replace(snapshot, ram_available=available, gpus=gpus)
-    return Reading(snapshot.ram_available, floor_now, floor, vram_free, vram_floor, machine)
+    return Reading(snapshot.ram_available, floor_now, floor, credit, vram_free, vram_floor, machine)
 
 
 @dataclass(frozen=True)
@@ -183,12 +199,30 @@ class Watcher:
     def __init__(self, options: PressureOptions) -> None:
         self.options = options
         self._room_since: float | None = None  # since when a bigger plan has fitted
+        self._last: float | None = None  # when the last re-plan was made
+        self._given = 0  # what it gave back (measured), not yet trusted to show as free
         self.stuck = False  # pressed, and even the smallest context would give nothing back
 
     def reset(self) -> None:
         """A model was (re)loaded: nothing observed so far applies."""
         self._room_since = None
+        self._last = None
+        self._given = 0
         self.stuck = False
+
+    def made(self, now: float, given_back: int) -> None:
+        """A re-plan was carried out, giving back `given_back` bytes (measured; < 0: it took)."""
+        self._last = now
+        self._given = max(0, given_back)
+
+    def settling(self, now: float) -> bool:
+        """Too soon after the last re-plan to trust the free-memory figure (see DEFAULT_SETTLE_S)."""
+        return self._last is not None and now - self._last < self.options.settle_s
+
+    def credit(self, now: float) -> int:
+        """Memory the last shrink gave back that the kernel may not show yet: counted as free
+        until `settle_s` has passed, then the kernel's figure is trusted again."""
+        return self._given if self.settling(now) else 0
 
     def decide(
         self,
@@ -204,7 +238,21 @@ class Watcher:
     ) -> Decision | None:
         """`current`: the live plan; `base`: the plan at load (the ceiling for growing back);
         `live_tokens`: what the live conversation holds (a context of the same K/V types that
-        keeps it is preferred); `types_fixed`/`layers_fixed`: the user chose them."""
+        keeps it is preferred); `types_fixed`/`layers_fixed`: the user chose them. The reading
+        should count `credit(now)` as held. Call `made` once a decision is carried out."""
+        return self._decide(reading, now, current, base, replan, live_tokens, types_fixed, layers_fixed)
+
+    def _decide(
+        self,
+        reading: Reading,
+        now: float,
+        current: Plan,
+        base: Plan,
+        replan: Replanner,
+        live_tokens: int,
+        types_fixed: bool,
+        layers_fixed: bool,
+    ) -> Decision | None:
         if reading.pressed:
             self._room_since = None
             new = self._smaller(reading, current, base, replan, live_tokens, types_fixed, layers_fixed)
@@ -214,6 +262,9 @@ class Watcher:
             self.stuck = False
             return Decision("shrink", new, reading.describe())
         self.stuck = False
+        if self.settling(now):
+            self._room_since = None  # the hold-off counts from when the figures can be trusted
+            return None
         bigger = None if not better(base, current) else self._bigger(reading, current, base, replan)
         if bigger is None:
             self._room_since = None
@@ -254,9 +305,7 @@ class Watcher:
             pick = attempt(types=keep if types_fixed else None, gpu_layers="auto")
         if pick is None:
             # Nothing fits what is free: give back all that can be given, the smallest context.
-            cheapest = (
-                keep if types_fixed else ("q4_0", "q4_0" if current.flash_attn or current.type_v != "f16" else "f16")
-            )
+            cheapest = keep if types_fixed else ("q4_0", "q4_0")  # V stays f16 where flash attention is off
             try:
                 pick = replan(
                     0, machine, ctx=min(MIN_CTX, base.n_ctx), types=cheapest, gpu_layers=current.gpu_layers,
@@ -266,8 +315,8 @@ class Watcher:
                 return None
         if same_settings(pick, current):
             return None
-        gives_back = (reading.ram_low and _ram(pick, reading) < _ram(current, reading)) or (
-            reading.vram_low and pick.total_gpu < current.total_gpu
+        gives_back = (reading.ram_low and _ram(pick, reading) + MIN_GAIN <= _ram(current, reading)) or (
+            reading.vram_low and pick.total_gpu + MIN_GAIN <= current.total_gpu
         )
         return pick if gives_back else None
 

@@ -457,9 +457,9 @@ class Runtime:
         finally:
             self._turn_lock.release()
 
-    def _watch(self, snapshot: MemorySnapshot | None = None, held: str | None = None) -> Replan | None:
+    def _watch(self, snapshot: MemorySnapshot | None = None, lock_held: str | None = None) -> Replan | None:
         """Under the turn lock: one look at memory and, when the watcher says so, the re-plan
-        (no notice: the caller gives it, a turn together with its compaction). `held`: the
+        (no notice: the caller gives it, a turn together with its compaction). `lock_held`: the
         conversation whose lock the caller holds (a turn's own)."""
         engine, current, base = self.engine, self.plan, self.base_plan
         if not self.pressure.watch or engine is None or current is None or base is None:
@@ -468,11 +468,13 @@ class Runtime:
             from .memory import probe
 
             snapshot = probe(gpus=bool(base.total_gpu or current.total_gpu))
-        reading = read_memory(snapshot, current, self.pressure, self._held())
+        now = time.monotonic()
+        held = self._held()
+        reading = read_memory(snapshot, current, self.pressure, held, self.watcher.credit(now))
         self.memory = reading
         o = self.options
         decision = self.watcher.decide(
-            reading, time.monotonic(), current, base, self._replanner(engine),
+            reading, now, current, base, self._replanner(engine),
             live_tokens=engine.n_cached if self.cache.owner is not None else 0,
             types_fixed=o.type_k is not None or o.type_v is not None,
             layers_fixed=parse_gpu_layers(o.gpu_layers) != "auto",
@@ -483,7 +485,10 @@ class Runtime:
         self._told_stuck = reading.pressed and (self._told_stuck or self.watcher.stuck or decision is not None)
         if decision is None:
             return None
-        return self._replan(decision, reading, held)
+        replan = self._replan(decision, reading, lock_held)
+        after = self._held()
+        self.watcher.made(time.monotonic(), 0 if held is None or after is None else held - after)
+        return replan
 
     def _held(self) -> int | None:
         """Anonymous memory this process gained since just before the model loaded: the model's
@@ -512,7 +517,7 @@ class Runtime:
 
         return replan
 
-    def _replan(self, decision: Decision, reading: Reading, held: str | None = None) -> Replan | None:
+    def _replan(self, decision: Decision, reading: Reading, lock_held: str | None = None) -> Replan | None:
         """Recreate the context with the decided plan, keeping the model loaded.
 
         The live conversation's state is on disk after every turn (written now if not); it is
@@ -532,7 +537,7 @@ class Runtime:
         owner = self.cache.owner
         tokens = engine.cached_tokens if owner is not None else []
         lock: ConversationLock | None = None
-        if owner is not None and tokens and owner != held:
+        if owner is not None and tokens and owner != lock_held:
             lock = ConversationLock(self.paths.data_dir / "locks", owner, 0)
             try:
                 lock.acquire()  # the turn that held it has ended; another process may hold it now
@@ -947,7 +952,7 @@ class TurnStream:
             rt.store.update(cid, model=rt.model_spec)
         rt.check_memory()
         try:  # memory first: a context re-planned now is the one this turn fits itself into
-            self.replan = rt._watch(held=cid)
+            self.replan = rt._watch(lock_held=cid)
         except EdgechatError as exc:
             rt.on_notice(f"could not re-plan the context: {exc}")
         if rt.engine is not engine:  # a failed re-plan unloaded it (or the GPU split changed)

@@ -49,9 +49,8 @@ def _messages(conv):
 
 
 def test_a_balloon_shrinks_the_context_and_its_release_grows_it_back(runtime_factory):
-    rt = runtime_factory(
-        ctx=8192, kv_type="f16", threads=1, pressure=PressureOptions(hold_s=1.0, margin_bytes=64 * MiB)
-    )
+    options = PressureOptions(hold_s=1.0, margin_bytes=64 * MiB, settle_s=1.0)
+    rt = runtime_factory(ctx=8192, kv_type="f16", threads=1, pressure=options)
     conv = rt.new_conversation()
     _turns(conv, ["My name is Ada and I keep bees.", "What do I keep?"])
     assert rt.watch_memory() is None  # the planner's own floor: this box has room
@@ -81,15 +80,21 @@ def test_a_balloon_shrinks_the_context_and_its_release_grows_it_back(runtime_fac
         else:
             assert rp["restored"] and shrunk.stats.restored_from == "memory"
         balloon.hold(0)
+        released = time.monotonic()
 
-    # Memory is back: the context grows after the hold-off, not before.
-    assert rt.watch_memory() is None
-    assert rt.context_limit == rp["ctx_after"]
-    time.sleep(1.1)
+    # Memory is back: the context grows once it has stayed back for the hold-off, as the UI's idle
+    # look finds (the kernel's free figure takes a few seconds to show what was released).
+    assert rt.watch_memory() is None and rt.context_limit == rp["ctx_after"]
+    back = None
+    while back is None and time.monotonic() - released < 30:
+        time.sleep(0.25)
+        back = rt.watch_memory()
+    assert back is not None and back.direction == "grow", rt.memory
+    assert time.monotonic() - released >= options.hold_s
+    assert back.ctx_after == rt.context_limit == 8192
     grown = conv.send("Thank you!", max_tokens=16, temperature=0)
-    back = grown.stats.replan
-    assert back is not None and back["direction"] == "grow", (rt.memory, grown.notices)
-    assert back["ctx_after"] == grown.stats.context_limit == 8192
+    assert grown.stats.replan is not None and grown.stats.replan["direction"] == "grow"  # reported with the turn
+    assert grown.stats.context_limit == 8192 and grown.stats.restored_from == "memory"
     assert len(_messages(conv)) == 8 and all(m.content for m in _messages(conv))  # every message kept
 
 
@@ -207,6 +212,49 @@ def test_serve_replans_between_requests(tmp_path, smollm2):
         s.stop()
 
 
+@pytest.mark.asyncio
+async def test_the_chat_ui_replans_while_idle_and_shows_free_memory_against_the_floor(home, smollm2, monkeypatch):
+    from edgechat import Runtime
+    from edgechat.config import resolve_paths, save_default
+    from edgechat.tui.app import EdgechatApp
+
+    monkeypatch.setenv("EDGECHAT_SNAPSHOT", "")
+    save_default(resolve_paths(home), "max_tokens", 8)
+    notes: list[str] = []
+
+    def make_runtime(on_notice):
+        def both(text: str) -> None:
+            notes.append(text)
+            on_notice(text)
+
+        return Runtime(model=str(smollm2), home=home, ctx=1024, threads=1, kv_type="f16", on_notice=both)
+
+    app = EdgechatApp(make_runtime)
+    try:
+        async with app.run_test(size=(200, 30)) as pilot:
+
+            async def until(predicate, timeout: float = 60) -> None:
+                deadline = time.monotonic() + timeout
+                while not predicate():
+                    assert time.monotonic() < deadline, app.status.render().plain
+                    await pilot.pause(0.05)
+
+            await until(lambda: app.model_ready)
+            app.prompt.text = "Hello!"
+            await pilot.press("enter")
+            await until(lambda: app.last_stats is not None and app.turn is None)
+            app.probe_memory()
+            await until(lambda: "floor" in app.status.render().plain)
+            assert app.status.figures.ctx_limit == 1024 and app.status.figures.ram_free > app.status.figures.ram_floor
+            app.runtime.pressure = PressureOptions(floor_bytes=HUGE_FLOOR)  # memory runs out while idle
+            app.probe_memory()
+            await until(lambda: app.status.figures.ctx_limit == 512)
+            assert any("free RAM fell to" in n and "1,024 → 512" in n for n in notes)
+            assert app.status.figures.ram_free < app.status.figures.ram_floor
+    finally:
+        assert app.shut_down(timeout=60)
+
+
 # The decisions alone, on the real model's header and synthetic machines (no model loaded).
 
 
@@ -259,10 +307,30 @@ def test_growing_back_waits_for_the_hold_off_and_the_margin(smol_info):
     assert shrink.plan.total_cpu <= base.total_cpu - 124 * MiB  # what the 124 MiB under the floor needs back
 
 
+def test_no_second_replan_while_the_free_figure_settles(smol_info):
+    """The kernel shows memory a process gave back only seconds later: a look in between that
+    still sees the old shortage must not shrink again; a look after `settle_s` trusts it."""
+    base = _plan(smol_info, 8192)
+    w = Watcher(PressureOptions(floor_bytes=1024 * MiB, settle_s=20))
+    replan = _replanner(smol_info)
+    first = w.decide(read(_machine(900), base, w.options, held=base.total_cpu), 0, base, base, replan, types_fixed=True)
+    assert first is not None and first.direction == "shrink"
+    w.made(0, base.total_cpu - first.plan.total_cpu)
+
+    def stale(now: float):  # free RAM still reads 900 MiB: the kernel has not shown the gain yet
+        return read(_machine(900), first.plan, w.options, held=first.plan.total_cpu, credit=w.credit(now))
+
+    assert not stale(5).pressed and w.decide(stale(5), 5, first.plan, base, replan, types_fixed=True) is None
+    deeper = read(_machine(700), first.plan, w.options, held=first.plan.total_cpu, credit=w.credit(6))
+    assert w.decide(deeper, 6, first.plan, base, replan, types_fixed=True) is not None  # a new shortage acts
+    again = w.decide(stale(21), 21, first.plan, base, replan, types_fixed=True)  # it never came: act on it
+    assert again is not None and again.plan.total_cpu < first.plan.total_cpu
+
+
 def test_a_shrink_keeps_the_cache_types_while_the_conversation_fits(smol_info):
     base = planner.plan(smol_info, n_ctx=8192, snapshot=_machine(8192))
     assert (base.type_k, base.n_ctx) == ("f16", 8192)
-    w = Watcher(PressureOptions(floor_bytes=1024 * MiB))
+    w = Watcher(PressureOptions(floor_bytes=1024 * MiB, settle_s=0))
     reading = read(_machine(800), base, w.options, held=base.total_cpu)
     keep = w.decide(reading, 0, base, base, _replanner(smol_info), live_tokens=300)
     assert keep is not None and keep.plan.type_k == "f16" and 300 < keep.plan.n_ctx < 8192

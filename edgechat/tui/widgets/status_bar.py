@@ -110,7 +110,7 @@ class StatusBar(Widget):
         if f.ram_floor and not still:
             low = f.ram_free < f.ram_floor
             free = f"free {megabytes(f.ram_free)}/floor {megabytes(f.ram_floor)}"
-            out.append((6, Content.from_markup("[$error]$free[/]" if low else "$free", free=free)))
+            out.append((8, Content.from_markup("[$error]$free[/]" if low else "$free", free=free)))
         if f.vram_total and not still:
             limit = f"{megabytes(f.vram_budget_mb * 2**20)} budget" if f.vram_budget_mb else megabytes(f.vram_total)
             out.append((7, Content(f"VRAM {megabytes(f.vram_used)}/{limit}")))
