@@ -221,12 +221,14 @@ def _pty_chat(home: Path, model: Path, cid: str) -> tuple[int, int, list[bytes]]
     import struct
     import termios
 
+    # One llama thread: the UI's own thread needs the other core, and two llama threads that
+    # wait on each other every step crawl whenever anything else runs (issue 12).
     pid, fd = pty.fork()
     if pid == 0:  # the child: a real terminal, as `edgechat chat` gets one
         os.environ["EDGECHAT_HOME"] = str(home)
         os.environ.pop("COLORFGBG", None)
         os.execv(sys.executable, [sys.executable, "-m", "edgechat", "chat", "-c", cid, "-m", str(model),
-                                  "--ctx", "1024", "--threads", "2"])  # fmt: skip
+                                  "--ctx", "1024", "--threads", "1"])  # fmt: skip
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
     out: list[bytes] = []
 
