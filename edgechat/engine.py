@@ -101,6 +101,7 @@ class Rewind:
 
 _LOG: deque[str] = deque(maxlen=4000)
 _log_callback: Any = None
+_logged = 0  # lines captured since the process started (the deque keeps the last 4000)
 
 
 def install_log_capture() -> None:
@@ -112,8 +113,10 @@ def install_log_capture() -> None:
 
     @llama_cpp.llama_log_callback  # type: ignore[misc]
     def _capture(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        global _logged
         line = text.decode("utf-8", errors="replace")
         _LOG.append(line)
+        _logged += 1
         if os.environ.get("EDGECHAT_DEBUG"):
             sys.stderr.write(line)
 
@@ -121,9 +124,18 @@ def install_log_capture() -> None:
     llama_cpp.llama_log_set(_capture, ctypes.c_void_p(0))
 
 
-def llama_log() -> str:
-    """Everything llama.cpp logged in this process (recent lines), e.g. its allocation sizes."""
-    return "".join(_LOG)
+def llama_log(since: int | None = None) -> str:
+    """Everything llama.cpp logged in this process (recent lines), e.g. its allocation sizes;
+    `since` a `log_position()`: only what came after it."""
+    if since is None:
+        return "".join(_LOG)
+    n = min(len(_LOG), _logged - since)
+    return "".join(list(_LOG)[-n:]) if n > 0 else ""
+
+
+def log_position() -> int:
+    """Where llama.cpp's log is now, for `llama_log(since=...)`."""
+    return _logged
 
 
 # llama.cpp pads the device name with "%10s" and the output line with an extra space

@@ -57,12 +57,43 @@ def _replan_row(turn: int, where: str, r: dict) -> dict:
     }  # fmt: skip
 
 
+def recreate_vs_load(model: str, ctx: int, threads: int) -> dict:
+    """What a re-plan costs next to a load: a new llama.cpp context on the loaded model, against
+    loading the model; the model loader's log lines during the recreation (0: weights not read)."""
+    from dataclasses import replace
+
+    from edgechat.config import EngineSettings
+    from edgechat.engine import Engine, llama_log, log_position
+    from edgechat.memory import rss_now
+
+    settings = EngineSettings(model_path=model, n_ctx=ctx, threads=threads)
+    t = time.perf_counter()
+    engine = Engine(settings)
+    load_s = time.perf_counter() - t
+    try:
+        out: dict = {"load_s": round(load_s, 3), "rss_mb": rss_now() >> 20, "recreate": []}
+        for n_ctx, kv in ((ctx // 4, "f16"), (ctx // 4, "q8_0"), (ctx, "f16")):
+            marker = log_position()
+            t = time.perf_counter()
+            engine.recreate_context(replace(settings, n_ctx=n_ctx, type_k=kv, type_v=kv))
+            seconds = time.perf_counter() - t
+            log = llama_log(since=marker)
+            out["recreate"].append(
+                {"ctx": n_ctx, "kv": kv, "seconds": round(seconds, 3), "rss_mb": rss_now() >> 20,
+                 "model_loader_lines": log.count("llama_model_loader")}
+            )  # fmt: skip
+        return out
+    finally:
+        engine.close()
+
+
 def run(args: argparse.Namespace) -> dict:
     model = args.model
     if model is None:
         from fetch_test_models import fetch
 
         model = str(fetch("smollm2-135m"))
+    cost = recreate_vs_load(model, args.ctx, args.threads)
     home = Path(args.home or tempfile.mkdtemp(prefix="bench-pressure-"))
     pressure = PressureOptions(hold_s=args.hold_s, margin_bytes=64 * MiB, settle_s=args.settle_s)
     notices: list[str] = []
@@ -121,6 +152,7 @@ def run(args: argparse.Namespace) -> dict:
             "replan_s_max": max((r["seconds"] for r in replans), default=0.0),
             "turns_lost": lost, "messages_stored": len(stored),
             "messages_compacted": sum(1 for m in stored if m.compacted), "notices": notices,
+            "recreate_vs_load": cost,
         }  # fmt: skip
 
 
@@ -148,13 +180,25 @@ def main() -> int:
     if args.json:
         print(json.dumps(out))
         return 0 if out["turns_lost"] == 0 else 1
-    print(f"{out['model']}: {out['turns']} turns, --ctx {out['ctx_asked']}, floor {args.gap_mb} MiB under free RAM")
-    print(f"{'step':>4} {'balloon':>8} {'turns':>5} {'free min':>9} {'floor':>7} {'peak RSS':>9} {'ctx':>6} {'kv':>5}  re-plans")
+    cost = out["recreate_vs_load"]
+    print(f"{out['model']}: model load {cost['load_s'] * 1000:.0f} ms (RSS {cost['rss_mb']} MiB); context recreated:")
+    for r in cost["recreate"]:
+        print(
+            f"  -> {r['ctx']} tokens {r['kv']}: {r['seconds'] * 1000:.0f} ms, RSS {r['rss_mb']} MiB, "
+            f"model loader log lines {r['model_loader_lines']}"
+        )
+    print(f"{out['turns']} turns, --ctx {out['ctx_asked']}, floor {args.gap_mb} MiB under free RAM")
+    print(
+        f"{'step':>4} {'balloon':>8} {'turns':>5} {'free min':>9} {'floor':>7} {'peak RSS':>9} {'ctx':>6} {'kv':>5}  re-plans"
+    )
     for s in out["steps"]:
-        rp = "; ".join(
-            f"t{r['turn']} {r['where']} {r['ctx']} {r['kv']} {r['seconds'] * 1000:.0f} ms (free {r['free_mb']}/{r['floor_mb']})"
-            for r in s["replans"]
-        ) or "-"
+        rp = (
+            "; ".join(
+                f"t{r['turn']} {r['where']} {r['ctx']} {r['kv']} {r['seconds'] * 1000:.0f} ms (free {r['free_mb']}/{r['floor_mb']})"
+                for r in s["replans"]
+            )
+            or "-"
+        )
         print(
             f"{s['step']:>4} {s['held_mb']:>5} MiB {s['turns']:>5} {s['free_min_mb']:>5} MiB {s['floor_mb']:>3} MiB"
             f" {s['peak_rss_mb']:>5} MiB {s['ctx']:>6} {s['kv']:>5}  {rp}"
