@@ -237,21 +237,24 @@ async def test_the_chat_ui_replans_while_idle_and_shows_free_memory_against_the_
             async def until(predicate, timeout: float = 60) -> None:
                 deadline = time.monotonic() + timeout
                 while not predicate():
-                    assert time.monotonic() < deadline, app.status.render().plain
+                    assert time.monotonic() < deadline, app.chat.status.render().plain
                     await pilot.pause(0.05)
 
-            await until(lambda: app.model_ready)
-            app.prompt.text = "Hello!"
+            await until(lambda: app.chat.model_ready)
+            app.chat.prompt.text = "Hello!"
             await pilot.press("enter")
-            await until(lambda: app.last_stats is not None and app.turn is None)
-            app.probe_memory()
-            await until(lambda: "floor" in app.status.render().plain)
-            assert app.status.figures.ctx_limit == 1024 and app.status.figures.ram_free > app.status.figures.ram_floor
-            app.runtime.pressure = PressureOptions(floor_bytes=HUGE_FLOOR)  # memory runs out while idle
-            app.probe_memory()
-            await until(lambda: app.status.figures.ctx_limit == 512)
+            await until(lambda: app.chat.last_stats is not None and app.chat.turn is None)
+            app.chat.probe_memory()
+            await until(lambda: "floor" in app.chat.status.render().plain)
+            assert (
+                app.chat.status.figures.ctx_limit == 1024
+                and app.chat.status.figures.ram_free > app.chat.status.figures.ram_floor
+            )
+            app.chat.runtime.pressure = PressureOptions(floor_bytes=HUGE_FLOOR)  # memory runs out while idle
+            app.chat.probe_memory()
+            await until(lambda: app.chat.status.figures.ctx_limit == 512)
             assert any("free RAM fell to" in n and "1,024 → 512" in n for n in notes)
-            assert app.status.figures.ram_free < app.status.figures.ram_floor
+            assert app.chat.status.figures.ram_free < app.chat.status.figures.ram_floor
     finally:
         assert app.shut_down(timeout=60)
 
