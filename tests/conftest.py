@@ -89,3 +89,10 @@ def run_cli(
 
 
 GREEDY = ("--temperature", "0", "--seed", "0", "--threads", "2")
+
+
+@pytest.fixture(autouse=True)
+def _no_debug_env_leak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`edgechat --debug` run in-process (CliRunner) sets EDGECHAT_DEBUG for the whole test process;
+    every later subprocess would inherit llama.cpp's log on stderr and block on a pipe nobody reads."""
+    monkeypatch.delenv("EDGECHAT_DEBUG", raising=False)
