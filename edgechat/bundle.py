@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Paths
 from .errors import EdgechatError, StateError
+from .state import fsync_dir
 
 if TYPE_CHECKING:
     from .state import StateFiles, StateHeader
@@ -253,12 +254,7 @@ def _write_atomically(dest: Path, write: Callable[[zipfile.ZipFile], None]) -> i
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    with contextlib.suppress(OSError):
-        fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(dest.parent)
     return dest.stat().st_size
 
 

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -165,6 +165,16 @@ def llama_build() -> str:
     import llama_cpp
 
     return f"llama-cpp-python {llama_cpp.__version__}"
+
+
+def common_prefix(a: Iterable[int], b: Iterable[int]) -> int:
+    """How many leading tokens two sequences share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def supports_gpu_offload() -> bool:
@@ -747,12 +757,7 @@ class Engine:
         return int(self.llm.n_tokens)
 
     def common_prefix(self, tokens: Sequence[int]) -> int:
-        n = 0
-        for a, b in zip(self.llm.input_ids[: self.llm.n_tokens], tokens, strict=False):
-            if a != b:
-                break
-            n += 1
-        return n
+        return common_prefix(self.llm.input_ids[: self.llm.n_tokens], tokens)
 
     @property
     def uses_checkpoints(self) -> bool:

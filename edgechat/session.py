@@ -32,7 +32,7 @@ from .config import (
     parse_gpu_layers,
     resolve_paths,
 )
-from .engine import Engine, Generation
+from .engine import Engine, Generation, common_prefix
 from .errors import BudgetError, BusyError, Cancelled, EdgechatError, ModelError
 from .gguf_info import GGUFInfo
 from .lock import ConversationLock
@@ -41,7 +41,7 @@ from .pressure import Decision, PressureOptions, Reading, Replan, Replanner, Wat
 from .pressure import read as read_memory
 from .shutdown import StopEvent  # noqa: F401 - part of the API: a stop flag with a reason
 from .state import StateFiles, model_fingerprint
-from .state_cache import StateCache, common_prefix
+from .state_cache import StateCache
 from .store import ConversationRecord, Message, NewMessage, Store
 
 if TYPE_CHECKING:
@@ -545,13 +545,13 @@ class Runtime:
                 lock, tokens = None, []  # that process writes this conversation's state, not us
         restored = False
         try:
-            on_disk = bool(tokens) and owner is not None and self._state_on_disk(owner, engine, tokens)
+            on_disk = bool(tokens) and owner is not None and self.cache.saved_exactly(owner, engine, tokens)
             try:
                 if reload_model:
                     info = engine.info
                     self.engine = None
                     engine.close()
-                    self.engine = Engine(settings, info)
+                    self.engine = Engine(settings, info, cache_dir=self.paths.model_cache)
                 else:
                     engine.recreate_context(settings)
             except EdgechatError as exc:
@@ -585,20 +585,6 @@ class Runtime:
         )  # fmt: skip
         self.replans = [*self.replans[-49:], replan]
         return replan
-
-    def _state_on_disk(self, cid: str, engine: Engine, tokens: list[int]) -> bool:
-        """Whether `cid`'s state file holds exactly the live tokens, writing it when it is missing
-        or older. A file that is not a prefix of the live tokens was written since by another
-        process: it is left alone (and the live cache is not restored)."""
-        try:
-            header = self.states.read_header(cid, missing_ok=True)
-        except EdgechatError:
-            header = None
-        if header is not None and list(header.tokens) == tokens:
-            return True
-        if header is not None and common_prefix(header.tokens, tokens) < len(header.tokens):
-            return False
-        return self.cache.save(cid, engine)[1] > 0
 
     def take_replan(self) -> Replan | None:
         """The re-plan made between turns that no turn has reported yet (then forgotten)."""

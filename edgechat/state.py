@@ -84,7 +84,8 @@ def crc32_file(path: Path) -> int:
     return crc
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (best effort: not every filesystem allows it)."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -171,7 +172,7 @@ class StateFiles:
             )
             _write_private(tmp_header, json.dumps(asdict(header), separators=(",", ":")).encode())
             os.replace(tmp_header, header_path)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except BaseException as exc:  # Ctrl-C mid-save too: never leave a half-written file behind
             for leftover in (tmp_payload, tmp_header):
                 leftover.unlink(missing_ok=True)

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .engine import Checkpoint, Engine, Rewind, llama_build
-from .errors import StateError
+from .engine import Checkpoint, Engine, Rewind, common_prefix, llama_build
+from .errors import EdgechatError, StateError
 from .state import StateFiles
 from .state_budget import budget_bytes, disk_space, drop_states, floor_bytes, lock_dir_for, mib, victims
 
@@ -166,6 +166,20 @@ class StateCache:
         self.owner = cid
         return True
 
+    def saved_exactly(self, cid: str, engine: Engine, tokens: list[int]) -> bool:
+        """Whether `cid`'s state file holds exactly the live `tokens`, writing it when it is missing
+        or older. A file that is not a prefix of the live tokens was written since by another
+        process: it is left alone (and the live cache is not restored)."""
+        try:
+            header = self.files.read_header(cid, missing_ok=True)
+        except EdgechatError:
+            header = None
+        if header is not None and list(header.tokens) == tokens:
+            return True
+        if header is not None and common_prefix(header.tokens, tokens) < len(header.tokens):
+            return False
+        return self.save(cid, engine)[1] > 0
+
     def saved_types(self, cid: str) -> tuple[str, str] | None:
         """The K/V types of a conversation's saved state, if it has a readable one."""
         try:
@@ -303,12 +317,3 @@ def _in_ram(checkpoints: Sequence[Checkpoint]) -> tuple[Checkpoint, ...]:
 
 def _constant(data: bytes) -> Callable[[], bytes]:
     return lambda: data
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n

@@ -21,7 +21,7 @@ from .common import (
     RpcPublicOpt,
     StateBudgetOpt,
     VOpt,
-    flash,
+    engine_options,
     guarded,
     notice,
     paths,
@@ -46,25 +46,23 @@ def plan(
     from ..planner import format_plan
     from ..planner import plan as make_plan
     from ..registry import resolve_model
-    from ..rpc import connect, split_endpoints
+    from ..rpc import connect
     from .cache import plan_disk
 
     where = paths()
-    d = load_defaults(where)
-    g = parse_gpu_layers(gpu_layers if gpu_layers is not None else d.gpu_layers)
-    fa = flash(flash_attn)
-    resolved = resolve_model(model or d.model, where, download=False)
-    servers = split_endpoints(rpc if rpc is not None else d.rpc)
-    if servers:  # registered first: the plan places layers on their devices like on GPUs
-        connect(servers, allow_public=rpc_allow_public, warn=notice)
-    kv = kv_type or d.kv_type
-    budget = budget_mb if budget_mb is not None else d.budget_mb
+    o = engine_options(
+        model, ctx, kv_type, k_type, v_type, flash_attn, gpu_layers, budget_mb=budget_mb, rpc=rpc,
+        rpc_allow_public=rpc_allow_public, state_budget_mb=state_budget_mb,
+    ).over(load_defaults(where))  # fmt: skip
+    resolved = resolve_model(o.model, where, download=False)
+    if o.rpc:  # registered first: the plan places layers on their devices like on GPUs
+        connect(o.rpc, allow_public=o.rpc_allow_public, warn=notice)
     p = make_plan(
-        read_gguf(resolved.path), n_ctx=ctx if ctx is not None else d.ctx, type_k=k_type or kv,
-        type_v=v_type or kv, flash_attn=fa, gpu_layers=g,  # type: ignore[arg-type]
-        budget_bytes=budget * (1 << 20) if budget is not None else None, swa_full=swa_full,
+        read_gguf(resolved.path), n_ctx=o.ctx, type_k=o.type_k, type_v=o.type_v, flash_attn=o.flash_attn,
+        gpu_layers=parse_gpu_layers(o.gpu_layers),  # type: ignore[arg-type]
+        budget_bytes=o.budget_mb * (1 << 20) if o.budget_mb is not None else None, swa_full=swa_full,
     )  # fmt: skip
-    disk, disk_text = plan_disk(where, state_budget_mb or d.state_budget_mb, p)
+    disk, disk_text = plan_disk(where, o.state_budget_mb, p)
     if json_out:
         print(json.dumps({**asdict(p), "disk": disk}, default=str))
         return
