@@ -1056,7 +1056,7 @@ class TurnStream:
         )  # fmt: skip
         save_s, state_bytes = 0.0, 0
         if final_reason == "error":
-            rt.cache.claim(None)  # a failed decode leaves the cache in doubt: the next turn restores afresh
+            rt.cache.distrust(engine)  # a failed decode leaves the cache in doubt: the next turn restores afresh
         else:
             testhooks.kill_point("save")
             save_s, state_bytes = rt.cache.save(cid, engine)

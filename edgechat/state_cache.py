@@ -191,8 +191,14 @@ class StateCache:
     # the live context ------------------------------------------------------------------
 
     def claim(self, cid: str | None) -> None:
-        """The live cache now holds `cid`'s tokens (None: nobody's, e.g. after a failed decode)."""
+        """The live cache now holds `cid`'s tokens (None: nobody's)."""
         self.owner = cid
+
+    def distrust(self, engine: Engine) -> None:
+        """The live cache is in doubt (a failed decode): empty it, so that no later turn, not even
+        a rebuild from the transcript, reuses a prefix of it."""
+        engine.clear()
+        self.owner = None
 
     def park(self, engine: Engine) -> None:
         """Before the live context is used for something else: its owner's state goes to RAM,

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -629,10 +629,17 @@ def _nonempty(path: Path) -> bool:
 
 
 def _private_file(path: Path) -> None:
-    """Create `path` empty with mode 0600 if missing, or take group/other access away."""
+    """Create `path` empty with mode 0600 if missing, or take group/other access away.
+
+    An existing file is never opened here: POSIX record locks belong to the process, so closing
+    any descriptor of it would drop the lock of a connection this process already holds, and
+    another process could then delete the WAL under that connection.
+    """
     try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        os.chmod(path, 0o600)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        with suppress(OSError):
+            os.chmod(path, 0o600)
     except OSError:
         pass  # sqlite3.connect reports an unusable path in its own words
 

@@ -145,22 +145,27 @@ def test_crash_harness_kills_every_phase_and_loses_nothing(home, smollm2, tmp_pa
                 assert last["content"], "the reply streamed before the kill is kept"
             # The next send succeeds, from the state file or the transcript (never from this
             # process's memory), and answers as a run that never saw a kill.
-            rt.cache.claim(None)
+            # Like a fresh process: nothing live, nothing parked.
+            rt.cache.distrust(rt.load())
             rt.cache.drop_ram()
-            if i % 5 == 4:  # now and then without a state file: the transcript rebuilds the cache
+            # Four times (early: short histories keep the full re-prefills cheap) without a state
+            # file: the transcript rebuilds the cache.
+            if i % 5 == 4 and i < 20:
                 rt.states.delete(cid)
             nxt_text = f"Reply {i}: thanks."
             history = conv.messages()
-            want = control_engine.generate(
-                control_engine.chat_tokens(turn_messages("Answer in a few words.", history, nxt_text)),
-                rt.sampling(max_tokens=6, temperature=0, seed=0),
-            ).run()
             reply = conv.send(nxt_text, max_tokens=6, temperature=0, seed=0)
             expected_users.append(nxt_text)
             sources[reply.stats.restored_from] += 1
             assert reply.text, (phase, reply.stats.restored_from)
             if reply.stats.restored_from == "transcript":
-                # Rebuilt from the transcript: the same single prefill as the control, token for token.
+                # Rebuilt from the transcript: the same single prefill as an empty control, token for token.
+                assert reply.stats.reused_tokens == 0, (phase, reply.stats)
+                control_engine.clear()
+                want = control_engine.generate(
+                    control_engine.chat_tokens(turn_messages("Answer in a few words.", history, nxt_text)),
+                    rt.sampling(max_tokens=6, temperature=0, seed=0),
+                ).run()
                 assert reply.text == want, (phase, reply.stats.restored_from)
             else:
                 # From the state file: its cache was built turn by turn, in other batches than the
@@ -215,35 +220,64 @@ def test_sigterm_to_send_exits_143_and_keeps_message_and_partial_reply(home, smo
     assert nxt["restored_from"] == "state"
 
 
-def _pty_chat(home: Path, model: Path, cid: str) -> tuple[int, int, list[bytes]]:
-    import fcntl
-    import pty
-    import struct
-    import termios
+class _PtyChat:
+    """`edgechat chat` on a real terminal (a pty), its output drained by a thread.
 
-    # One llama thread: the UI's own thread needs the other core, and two llama threads that
-    # wait on each other every step crawl whenever anything else runs (issue 12).
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: a real terminal, as `edgechat chat` gets one
-        os.environ["EDGECHAT_HOME"] = str(home)
-        os.environ.pop("COLORFGBG", None)
-        os.execv(sys.executable, [sys.executable, "-m", "edgechat", "chat", "-c", cid, "-m", str(model),
-                                  "--ctx", "1024", "--threads", "1"])  # fmt: skip
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    out: list[bytes] = []
+    `close` reaps the child and ends the drain thread before closing the terminal: a thread
+    still reading a closed descriptor number would read whatever file takes that number next
+    (a later test's pipe)."""
 
-    def drain() -> None:  # keep reading, or the app blocks on a full terminal
+    def __init__(self, home: Path, model: Path, cid: str) -> None:
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        # One llama thread: the UI's own thread needs the other core, and two llama threads that
+        # wait on each other every step crawl whenever anything else runs (issue 12).
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: a real terminal, as `edgechat chat` gets one
+            os.environ["EDGECHAT_HOME"] = str(home)
+            os.environ.pop("COLORFGBG", None)
+            os.execv(sys.executable, [sys.executable, "-m", "edgechat", "chat", "-c", cid, "-m", str(model),
+                                      "--ctx", "1024", "--threads", "1"])  # fmt: skip
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        self.pid, self.fd = pid, fd
+        self.out: list[bytes] = []
+        self.status: int | None = None
+        self._drain = threading.Thread(target=self._read, daemon=True)
+        self._drain.start()
+
+    def _read(self) -> None:  # keep reading, or the app blocks on a full terminal
         while True:
             try:
-                data = os.read(fd, 65536)
-            except OSError:
+                data = os.read(self.fd, 65536)
+            except OSError:  # EIO: the child's side of the terminal is gone
                 return
             if not data:
                 return
-            out.append(data)
+            self.out.append(data)
 
-    threading.Thread(target=drain, daemon=True).start()
-    return pid, fd, out
+    def text(self) -> bytes:
+        return b"".join(self.out)
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit status once the child has ended within `timeout`, else None."""
+        deadline = time.monotonic() + timeout
+        while self.status is None and time.monotonic() < deadline:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.status = status
+                break
+            time.sleep(0.1)
+        return self.status
+
+    def close(self) -> None:
+        if self.wait(0) is None:
+            os.kill(self.pid, signal.SIGKILL)
+            self.wait(30)
+        self._drain.join(timeout=30)
+        os.close(self.fd)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM], ids=["sighup", "sigterm"])
@@ -253,26 +287,19 @@ def test_signal_to_chat_in_a_terminal_keeps_message_and_partial_reply(home, smol
     rt = Runtime(model=str(smollm2), home=home, ctx=1024, threads=2)
     cid = rt.new_conversation(title="pty").id
     rt.close()
-    pid, fd, out = _pty_chat(home, smollm2, cid)
+    chat = _PtyChat(home, smollm2, cid)
     try:
         deadline = time.monotonic() + 120
-        while b"Message" not in b"".join(out) and time.monotonic() < deadline:
+        while b"Message" not in chat.text() and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1.0)
-        os.write(fd, LONG.encode() + b"\r")
+        os.write(chat.fd, LONG.encode() + b"\r")
         _wait_for_reply_row(home / "conversations.db", cid)
-        os.kill(pid, signum)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            time.sleep(0.1)
-        else:
-            os.kill(pid, signal.SIGKILL)
-            raise AssertionError("chat did not exit after the signal")
+        os.kill(chat.pid, signum)
+        status = chat.wait(120)
+        assert status is not None, "chat did not exit after the signal"
     finally:
-        os.close(fd)
+        chat.close()
     assert os.waitstatus_to_exitcode(status) == 128 + signum
     rows = _rows(home / "conversations.db", cid)
     assert [r["role"] for r in rows] == ["user", "assistant"]

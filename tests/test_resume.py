@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from edgechat import Runtime
 from edgechat.state import StateFiles
 
 from .conftest import GREEDY, run_cli
@@ -229,3 +230,27 @@ def test_ram_cache_stays_inside_the_budget(runtime_factory):
     assert tight.engine is not None and tight.engine.n_ctx == rt.engine.n_ctx  # same plan, just no spare room
     assert tight.ram_cache_bytes() == 0
     assert a.send("And its colour?", max_tokens=8, temperature=0).stats.restored_from == "state"
+
+
+def test_a_failed_turn_leaves_nothing_for_the_transcript_rebuild_to_reuse(home, smollm2, monkeypatch):
+    """A decode that fails leaves the live cache in doubt: the next rebuild from the transcript
+    prefills all of it (it neither reuses that cache nor reports reused tokens)."""
+    rt = Runtime(model=str(smollm2), home=home, ctx=1024, threads=1)
+    try:
+        conv = rt.new_conversation()
+        conv.send(TURNS[0], max_tokens=8, temperature=0, seed=0)
+
+        def disk_full(*_args: object, **_kwargs: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        with monkeypatch.context() as m:
+            m.setattr(rt.store, "write_reply", disk_full)
+            with pytest.raises(Exception, match="space"):
+                conv.send(TURNS[1], max_tokens=8, temperature=0, seed=0)
+        assert rt.engine is not None and rt.engine.n_cached == 0
+        rt.states.delete(conv.id)  # no state file either: the transcript is all there is
+        reply = conv.send(TURNS[2], max_tokens=8, temperature=0, seed=0)
+        assert reply.stats.restored_from == "transcript"
+        assert reply.stats.reused_tokens == 0 and reply.stats.prefill_tokens > 20, reply.stats
+    finally:
+        rt.close()

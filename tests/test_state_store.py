@@ -181,3 +181,32 @@ def test_compaction_marks_but_never_deletes(tmp_path):
     )
     assert [m.content for m in after] == ["a", "b", "summary", "c", "d"]
     assert [m.compacted for m in after] == [True, True, False, False, False]
+
+
+def test_a_second_store_in_one_process_keeps_the_first_ones_lock(tmp_path):
+    """POSIX record locks belong to the process: closing any descriptor of the database file drops
+    the SHARED lock an open connection holds. Another process closing its own connection would
+    then take itself for the last one and delete the WAL under the live writer, whose later
+    commits no other process could see (and a crash would lose)."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "conversations.db"
+    first = Store(db)
+    second = Store(db)  # the chat UI opens its own beside the runtime's
+    count = "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM conversations').fetchone()[0])"
+
+    def seen_elsewhere() -> int:
+        return int(
+            subprocess.run([sys.executable, "-c", count, str(db)], capture_output=True, text=True, check=True).stdout
+        )
+
+    try:
+        first.create_conversation("m", {}, "one")
+        assert seen_elsewhere() == 1  # that reader closes last-but-one: the WAL must survive it
+        first.create_conversation("m", {}, "two")
+        assert seen_elsewhere() == 2
+        assert db.with_name(db.name + "-wal").exists()
+    finally:
+        second.close()
+        first.close()
