@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +64,22 @@ def private_dir(path: Path) -> Path:
         with contextlib.suppress(OSError):
             os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
     return path
+
+
+def local_model_file(spec: str) -> Path | None:
+    """The file a model spec names when it is an existing local file (absolute), else None.
+
+    The same answer as the registry's parse_spec for such specs, without importing the
+    registry (its hub and PyPI code): a `-m ./model.gguf` start skips them.
+    """
+    text = spec.strip()
+    if not text or "\0" in text or text.startswith(("http://", "https://", "hf:")):
+        return None
+    path = Path(os.path.expanduser(text))
+    try:
+        return path.resolve() if path.is_file() else None
+    except (OSError, RuntimeError):
+        return None
 
 
 def resolve_paths(home: str | os.PathLike[str] | None = None) -> Paths:
@@ -298,6 +313,8 @@ def load_defaults(paths: Paths) -> Defaults:
     path = paths.user_config
     if not path.exists():
         return Defaults()
+    import tomllib  # here: most starts have no config.toml
+
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -119,16 +119,16 @@ def cpu_flags() -> frozenset[str]:
 
 def rss_now() -> int:
     """Resident set size of this process in bytes (0 when it cannot be read)."""
+    try:  # Linux: resident pages are the second field of statm (psutil reads the same)
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import psutil
 
         return int(psutil.Process().memory_info().rss)
     except Exception:  # noqa: BLE001 - a probe never raises
-        pass
-    try:  # Linux without psutil: resident pages are the second field of statm
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
         return 0
 
 
@@ -202,6 +202,9 @@ class PeakRss:
 
 
 def _ram() -> tuple[int, int]:
+    linux = _meminfo()
+    if linux is not None:
+        return linux
     try:
         import psutil
 
@@ -214,6 +217,24 @@ def _ram() -> tuple[int, int]:
         return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
     except (OSError, ValueError, AttributeError):
         return 0, 0
+
+
+def _meminfo() -> tuple[int, int] | None:
+    """Total and available RAM from /proc/meminfo (what psutil reads on Linux, without its
+    import on every start); None elsewhere, or on kernels without MemAvailable."""
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    fields: dict[bytes, int] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(b":")
+        if key in (b"MemTotal", b"MemAvailable"):
+            fields[key] = int(rest.split()[0]) * 1024
+    if len(fields) != 2:
+        return None
+    return fields[b"MemTotal"], fields[b"MemAvailable"]
 
 
 def _is_apple_silicon() -> bool:

@@ -29,6 +29,7 @@ from .config import (
     SamplingSettings,
     check_sampling,
     load_defaults,
+    local_model_file,
     parse_gpu_layers,
     resolve_paths,
 )
@@ -285,13 +286,18 @@ class Runtime:
         For a `conversation` with a saved state, when no KV type was asked for, the planner is
         offered the state's K/V types first: a state only restores into a cache of its types.
         """
-        from .registry import resolve_model
-
         spec = canonical_spec(model) if model else self.model_spec
         if self.engine is not None and spec in (self.model_spec, self.model_name):
             return self.engine
-        resolved = resolve_model(spec, self.paths, download=self.download, notice=self.on_notice)
-        info = model_cache.header(resolved.path, self.paths.model_cache)
+        path = local_model_file(spec)
+        if path is None:
+            from .registry import resolve_model
+
+            resolved = resolve_model(spec, self.paths, download=self.download, notice=self.on_notice)
+            path, name = resolved.path, resolved.name
+        else:
+            name = path.stem
+        info = model_cache.header(path, self.paths.model_cache)
         if self.options.rpc and not self.remote_devices:  # before planning: their devices take layers like GPUs
             from .rpc import connect
 
@@ -302,9 +308,9 @@ class Runtime:
         state_types = self.cache.saved_types(conversation) if conversation and no_kv_asked else None
         if state_types is not None:
             with contextlib.suppress(BudgetError):  # the saved types no longer fit: the planner chooses
-                settings = self._settings_for(resolved.path, info, state_types)
+                settings = self._settings_for(path, info, state_types)
         if settings is None:
-            settings = self._settings_for(resolved.path, info)
+            settings = self._settings_for(path, info)
         if self.engine is not None:
             self.engine.close()
             self.engine = None
@@ -312,10 +318,10 @@ class Runtime:
         self._held_before = anon_rss()  # what this process held before the model: see _held()
         self.engine = Engine(settings, info, cache_dir=self.paths.model_cache)
         self.model_spec = spec
-        self.model_name = resolved.name
+        self.model_name = name
         self.base_plan = self.plan
         self.watcher.reset()
-        self.cache.bind(model_fingerprint(resolved.path, self.paths.fingerprint_cache), _ram_room(self.plan))
+        self.cache.bind(model_fingerprint(path, self.paths.fingerprint_cache), _ram_room(self.plan))
         return self.engine
 
     def _settings_for(self, path: Path, info: GGUFInfo, kv_types: tuple[str, str] | None = None) -> EngineSettings:
@@ -418,6 +424,8 @@ class Runtime:
 
     def recommended_sampling(self, spec: str) -> dict[str, Any]:
         """A registry model's recommended sampling; {} for files and hub paths outside the registry."""
+        if local_model_file(spec) is not None:
+            return {}
         from .registry import Registry, parse_spec
 
         try:
@@ -630,6 +638,9 @@ def _registry_default(paths: Any) -> str:
 def canonical_spec(spec: str) -> str:
     """A model spec as it is stored: a local path made absolute (so the conversation continues
     from any directory, with the same file), anything else (registry name, hub file) as given."""
+    local = local_model_file(spec)
+    if local is not None:
+        return str(local)
     from .registry import parse_spec
 
     try:

@@ -110,21 +110,27 @@ def test_a_run_builds_only_its_command(args: list[str], kept: list[str]) -> None
 
 def test_generate_imports_nothing_it_does_not_need(smollm2: Path, tmp_path: Path) -> None:
     """typer >= 0.29 coerces options through pydantic (~0.17 s of CPU per start); rich, the UI,
-    the server and the hub client load only where used; statistics pulls in decimal."""
+    the server and the hub client load only where used; statistics pulls in decimal. A model
+    given as a file skips the registry (its hub and PyPI code), pinned threads and RAM read from
+    /proc skip psutil, and a home without config.toml skips the TOML parser."""
     code = (
         "import runpy, sys\n"
         f"sys.argv = ['edgechat', '--home', {str(tmp_path)!r}, 'generate', 'hi', '-m', {str(smollm2)!r},"
         " '--max-tokens', '2', '--threads', '1']\n"
         "try:\n    runpy.run_module('edgechat', run_name='__main__')\n"
         "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
-        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr)\n"
+        "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
     )
     r = _py(code)
     assert r.returncode == 0, r.stderr
-    loaded = set(r.stderr.strip().splitlines()[-1].split())
+    modules = set(r.stderr.strip().splitlines()[-1].split())
+    loaded = {m.split(".")[0] for m in modules}
     heavy = {"pydantic", "rich", "textual", "starlette", "uvicorn", "huggingface_hub", "tomlkit", "statistics",
              "decimal", "matplotlib"}  # fmt: skip
     assert loaded & heavy == set()
+    if sys.platform == "linux":
+        assert loaded & {"psutil", "tomllib"} == set()
+    assert "edgechat.registry" not in modules
 
 
 def test_a_command_registered_without_a_name_is_found_by_typers_name() -> None:
