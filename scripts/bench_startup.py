@@ -3,7 +3,8 @@
 
 Both run as fresh processes on the same model, prompt, context, threads and KV types;
 cold start is process start to the first streamed byte on stdout, decode tok/s comes from
-each side's own token timing. One run, medians of --repeats, ratios edgechat / bare.
+each side's own token timing. One run, medians of --repeats, ratios edgechat / bare; the
+paired cold-start ratio is the median of each round's own ratio (robust to a drifting host).
 
 `send` resumes a saved one-turn conversation (a fresh copy of it each run, so every run
 answers the same second message); its bare side loads the same llama.cpp state file with
@@ -112,6 +113,10 @@ def _row(kind: str, kv: str, ours_start, bare_start, ours_tps, bare_tps, ours_cp
     }
     row["cpu_ratio"] = row["edgechat_cpu_s"] / row["bare_cpu_s"]
     row["cold_start_ratio"] = row["edgechat_cold_start_s"] / row["bare_cold_start_s"]
+    # Each round runs both sides back to back: the median of the rounds' own ratios cancels the
+    # host's speed drifting between rounds, which the ratio of the two medians does not.
+    row["cold_start_paired_ratio"] = statistics.median(o / b for o, b in zip(ours_start, bare_start, strict=True))
+    row["cold_start_ratios"] = [round(o / b, 3) for o, b in zip(ours_start, bare_start, strict=True)]
     row["decode_ratio"] = row["edgechat_decode_tps"] / row["bare_decode_tps"]
     return row
 
@@ -228,7 +233,8 @@ def main() -> None:
                 if not args.json:
                     print(
                         f"{row['mode']:8} {kv:5} cold start: edgechat {row['edgechat_cold_start_s']:.3f} s,"
-                        f" bare {row['bare_cold_start_s']:.3f} s (x{row['cold_start_ratio']:.2f})   decode: edgechat"
+                        f" bare {row['bare_cold_start_s']:.3f} s (x{row['cold_start_ratio']:.2f};"
+                        f" paired x{row['cold_start_paired_ratio']:.2f})   decode: edgechat"
                         f" {row['edgechat_decode_tps']:.1f} tok/s, bare {row['bare_decode_tps']:.1f} tok/s"
                         f" (x{row['decode_ratio']:.2f})   CPU: edgechat {row['edgechat_cpu_s']:.3f} s,"
                         f" bare {row['bare_cpu_s']:.3f} s (x{row['cpu_ratio']:.2f})",
