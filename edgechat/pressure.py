@@ -240,19 +240,6 @@ class Watcher:
         `live_tokens`: what the live conversation holds (a context of the same K/V types that
         keeps it is preferred); `types_fixed`/`layers_fixed`: the user chose them. The reading
         should count `credit(now)` as held. Call `made` once a decision is carried out."""
-        return self._decide(reading, now, current, base, replan, live_tokens, types_fixed, layers_fixed)
-
-    def _decide(
-        self,
-        reading: Reading,
-        now: float,
-        current: Plan,
-        base: Plan,
-        replan: Replanner,
-        live_tokens: int,
-        types_fixed: bool,
-        layers_fixed: bool,
-    ) -> Decision | None:
         if reading.pressed:
             self._room_since = None
             new = self._smaller(reading, current, base, replan, live_tokens, types_fixed, layers_fixed)
