@@ -262,14 +262,16 @@ class _PtyChat:
         return b"".join(self.out)
 
     def wait(self, timeout: float) -> int | None:
-        """The exit status once the child has ended within `timeout`, else None."""
+        """The exit status once the child has ended within `timeout` (0: looks once), else None."""
         deadline = time.monotonic() + timeout
-        while self.status is None and time.monotonic() < deadline:
+        while self.status is None:
             done, status = os.waitpid(self.pid, os.WNOHANG)
             if done:
                 self.status = status
+            elif time.monotonic() >= deadline:
                 break
-            time.sleep(0.1)
+            else:
+                time.sleep(0.1)
         return self.status
 
     def close(self) -> None:
