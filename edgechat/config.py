@@ -69,8 +69,8 @@ def private_dir(path: Path) -> Path:
 def local_model_file(spec: str) -> Path | None:
     """The file a model spec names when it is an existing local file (absolute), else None.
 
-    The same answer as the registry's parse_spec for such specs, without importing the
-    registry (its hub and PyPI code): a `-m ./model.gguf` start skips them.
+    The registry's parse_spec takes such a spec for a path by this test too; here it needs no
+    registry import (its hub and PyPI code), so a `-m ./model.gguf` start skips them.
     """
     text = spec.strip()
     if not text or "\0" in text or text.startswith(("http://", "https://", "hf:")):

