@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .config import KV_TYPES, EngineSettings, SamplingSettings
 from .errors import Cancelled, ConfigError, EdgechatError, ModelError, StateError
@@ -86,8 +86,7 @@ class Checkpoint:
     load: Callable[[], bytes] = field(repr=False, compare=False)
 
 
-@dataclass(frozen=True)
-class Rewind:
+class Rewind(NamedTuple):
     """How the cache was brought back to a prefix of the next prompt.
 
     how: "none" (the cache is a prefix already), "trim" (tail removed in place),
@@ -393,8 +392,7 @@ def rpc_devices() -> tuple[RemoteDevice, ...]:
 GGML_DEV_CPU, GGML_DEV_GPU, GGML_DEV_IGPU, GGML_DEV_ACCEL = range(4)  # enum ggml_backend_dev_type
 
 
-@dataclass(frozen=True)
-class GgmlDevice:
+class GgmlDevice(NamedTuple):
     """One device of the llama.cpp build in use, as ggml's backend registry lists it, with its memory now."""
 
     kind: int  # GGML_DEV_CPU, GGML_DEV_GPU, ...

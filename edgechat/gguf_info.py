@@ -10,7 +10,7 @@ import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ModelError
 
@@ -48,8 +48,7 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(NamedTuple):
     name: str
     shape: tuple[int, ...]
     type_id: int

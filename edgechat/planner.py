@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from .config import KV_TYPES, EngineSettings
 from .errors import BudgetError, ConfigError
@@ -103,8 +103,7 @@ class Estimate:
     total: int
 
 
-@dataclass(frozen=True)
-class _Shape:
+class _Shape(NamedTuple):
     """The numbers from a GGUF header that memory depends on."""
 
     name: str
@@ -193,7 +192,7 @@ def _shape(info: GGUFInfo, cpu_flags: frozenset[str] = frozenset()) -> _Shape:
     # A tied output is token_embd duplicated for a matrix product: that copy is repacked too.
     output_repack = sum(_repacked(t, rules) for t in output_t)
     if tied and embd is not None:
-        output_repack = _repacked(replace(embd, name="output.weight"), rules)
+        output_repack = _repacked(embd._replace(name="output.weight"), rules)
     state = (info.n_embd_r + info.n_embd_s) * 4
     input_bytes = info.weights_bytes - sum(t.nbytes for t in blk) - output_norm - output_w
     return _Shape(

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import BudgetError, ConfigError
 from .memory import MemorySnapshot
@@ -166,8 +166,7 @@ def read(
     return Reading(snapshot.ram_available, floor_now, floor, credit, vram_free, vram_floor, machine)
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     direction: str  # "shrink" | "grow"
     plan: Plan
     reason: str

@@ -12,8 +12,9 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 from .engine import Checkpoint, Engine, Rewind, common_prefix, llama_build
 from .errors import EdgechatError, StateError
@@ -26,8 +27,7 @@ RAM_CACHE_BYTES = 512 << 20
 LOW_MEMORY_SHARE = 0.10
 
 
-@dataclass(frozen=True)
-class _Parked:
+class _Parked(NamedTuple):
     """A conversation's cache parked in RAM while another one uses the live context."""
 
     tokens: list[int]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from .config import private_dir
 from .errors import ConfigError, EdgechatError
@@ -44,8 +44,7 @@ class Message:
     in_progress: bool = False  # written by a turn that has not finished (or whose process died)
 
 
-@dataclass(frozen=True)
-class NewMessage:
+class NewMessage(NamedTuple):
     role: str
     content: str
     tokens: int | None = None
@@ -612,8 +611,7 @@ class Store:
                 return cid
 
 
-@dataclass(frozen=True)
-class TurnRows:
+class TurnRows(NamedTuple):
     """The rows `begin_turn` wrote: the user message (None for a regenerate) and the reply."""
 
     user_id: int | None

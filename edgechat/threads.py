@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # A core counts as free for decode when at least 70 % of it is idle: decode steps are short
 # and a preempted thread stalls every other one. Prefill steps are long matmuls that share
@@ -37,8 +37,7 @@ STEP_UP_MARGIN = 1.15
 IDLE_TO_STEP_UP = 0.6
 
 
-@dataclass(frozen=True)
-class CpuReading:
+class CpuReading(NamedTuple):
     """How busy the machine was over a short recent window.
 
     `busy` holds each logical CPU's busy share (0..1) counting every process, this one
@@ -79,8 +78,7 @@ class CpuReading:
         return max(0.0, len(self.allowed) - sum(self.busy[i] for i in self.allowed))
 
 
-@dataclass(frozen=True)
-class ThreadChoice:
+class ThreadChoice(NamedTuple):
     """Thread counts for one turn; `auto` is False when --threads pinned them."""
 
     decode: int
@@ -166,8 +164,7 @@ class Governor:
         return n
 
 
-@dataclass(frozen=True)
-class _Snap:
+class _Snap(NamedTuple):
     wall: float
     busy: tuple[float, ...]  # cumulative busy seconds per logical CPU
     own: float  # cumulative CPU seconds of this process
