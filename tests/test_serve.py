@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx  # the openai client's own HTTP library
@@ -60,7 +61,19 @@ class ServerProc:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        with self.log_on_failure():
+            return self.proc.wait(timeout)
+
+    @contextlib.contextmanager
+    def log_on_failure(self) -> Iterator[None]:
+        """A failure inside carries the server's own log: a hang shows nothing of it otherwise."""
+        try:
+            yield
+        except Exception as exc:
+            if self.proc.poll() is None:
+                self.proc.kill()  # a hung server must not outlive the test
+                self.proc.wait(10)
+            raise AssertionError(f"{exc!r}; the server's log:\n{''.join(self.stderr[-40:])}") from exc
 
 
 def _server_args(model: Path, *extra: str) -> tuple[str, ...]:
@@ -387,17 +400,18 @@ def test_sigterm_stores_the_reply_in_flight_and_a_restart_resumes_from_state(ser
 
     body = _chat(("user", STORY), max_tokens=400, temperature=0, stream=True)
     lines = []
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
-        story_cid = r.headers["x-edgechat-conversation"]
-        for line in r.iter_lines():
-            if line:
-                lines.append(line)
-            if len(lines) == 4:
-                server.proc.send_signal(signal.SIGTERM)
+    with server.log_on_failure():
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+            story_cid = r.headers["x-edgechat-conversation"]
+            for line in r.iter_lines():
+                if line:
+                    lines.append(line)
+                if len(lines) == 4:
+                    server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0
     assert lines[-1] == "data: [DONE]"
     final = json.loads(next(x for x in reversed(lines) if '"finish_reason": "stop"' in x)[6:])
     assert final["edgechat"]["finish_reason"] == "cancelled"
-    assert server.proc.wait(30) == 0
     story = _stored(server.home, story_cid)
     assert story[-1].partial and story[-1].content
 
