@@ -108,7 +108,11 @@ def test_peak_rss_sees_an_allocation() -> None:
     with PeakRss(interval=0.005) as peak:
         block = bytearray(size)
         block[::4096] = b"\x01" * len(range(0, size, 4096))  # touch every page
-        time.sleep(0.1)
+        # Held until the sampler has seen it (or 5 s): on a loaded CI box its thread was not
+        # scheduled within a fixed 0.1 s once (it saw 4 KiB).
+        deadline = time.monotonic() + 5
+        while peak.peak < peak.start + 100 * MiB and time.monotonic() < deadline:
+            time.sleep(0.01)
         del block
     assert peak.delta >= 100 * MiB
     assert peak.peak >= peak.start + 100 * MiB
