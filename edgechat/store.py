@@ -607,7 +607,7 @@ class Store:
         """A fresh conversation id (the row itself may be created later, with the first turn)."""
         while True:
             cid = secrets.token_hex(4)
-            if not self.db.execute("SELECT 1 FROM conversations WHERE id = ?", (cid,)).fetchone():
+            if not self._rows("SELECT 1 FROM conversations WHERE id = ?", (cid,)):
                 return cid
 
 

@@ -147,6 +147,46 @@ def test_a_turn_is_stored_in_one_transaction(tmp_path):
     assert [m.content for m in store.messages(c.id)] == ["hi", "hello"]
 
 
+def test_every_statement_runs_under_the_store_lock(tmp_path):
+    """One connection serves the UI thread and the llama thread: a statement run without the
+    lock can land inside the other thread's transaction (the Store docstring)."""
+    store = Store(tmp_path / "db.sqlite")
+    unlocked: list[str] = []
+
+    class Guarded:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self._db = db
+
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+            if not store._lock._is_owned():  # type: ignore[attr-defined]
+                unlocked.append(sql.split()[0] + " " + sql.split()[-1])
+            return self._db.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._db, name)
+
+    store.db = Guarded(store.db)  # type: ignore[assignment]
+    c = store.create_conversation("m", {}, title="t")
+    store.append_turn(c.id, [NewMessage("user", "hi"), NewMessage("assistant", "hello")])
+    rows = store.begin_turn(c.id, NewMessage("user", "again"))
+    store.write_reply(rows.reply_id, "partial", 1)
+    store.finish_turn(c.id, rows, "done", 1, reason=None)
+    store.record_turn_cache(c.id, model="m", kv_type="f16", source="state", reused_tokens=5, prefill_tokens=2,
+                            prefill_s=0.1, restore_s=0.01)  # fmt: skip
+    store.prefill_rate("m", "f16")
+    store.update(c.id, model="m2")
+    store.new_id()
+    store.conversation(c.id[:4])
+    store.conversations("t")
+    store.latest()
+    store.messages(c.id)
+    store.rename(c.id, "renamed")
+    store.has_conversation(c.id)
+    store.cache_uses()
+    store.delete_conversation(c.id)
+    assert unlocked == []
+
+
 def test_ids_resolve_by_unique_prefix(tmp_path):
     store = Store(tmp_path / "db.sqlite")
     c = store.create_conversation("m", {}, "first")
