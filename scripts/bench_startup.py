@@ -142,10 +142,10 @@ def bench_generate(args, kv: str, env: dict[str, str], threads_opt: list[str]) -
     return _row("generate", kv, ours_start, bare_start, ours_tps, bare_tps, ours_cpu, bare_cpu)
 
 
-def bench_send(args, kv: str, env: dict[str, str], threads_opt: list[str], tmp: Path) -> dict:
-    """`send -c ID` on a saved one-turn conversation against bare llama-cpp-python + state load."""
+def saved_conversation(args, kv: str, env: dict[str, str], common: list[str], tmp: Path) -> tuple[Path, str, dict]:
+    """A home holding one answered turn (copy it per run), its conversation id, and the bare
+    resume script's arguments for the same second message and state file."""
     pristine = tmp / f"pristine-{kv}"
-    common = ["-m", args.model, "--ctx", str(CTX), "--kv-type", kv, *threads_opt, "--temperature", "0"]
     setup = subprocess.run(
         [sys.executable, "-m", "edgechat", "send", FIRST, "--new", *common, "--max-tokens", "32", "--json"],
         capture_output=True, text=True, env={**env, "EDGECHAT_HOME": str(pristine)}, check=True,
@@ -160,6 +160,13 @@ def bench_send(args, kv: str, env: dict[str, str], threads_opt: list[str], tmp: 
         "messages": [{"role": "user", "content": FIRST}, {"role": "assistant", "content": first["reply"]},
                      {"role": "user", "content": SECOND}],
     }  # fmt: skip
+    return pristine, cid, bare_args
+
+
+def bench_send(args, kv: str, env: dict[str, str], threads_opt: list[str], tmp: Path) -> dict:
+    """`send -c ID` on a saved one-turn conversation against bare llama-cpp-python + state load."""
+    common = ["-m", args.model, "--ctx", str(CTX), "--kv-type", kv, *threads_opt, "--temperature", "0"]
+    pristine, cid, bare_args = saved_conversation(args, kv, env, common, tmp)
     ours_start, ours_tps, bare_start, bare_tps, ours_cpu, bare_cpu = [], [], [], [], [], []
     for i in range(args.repeats):
         home = tmp / f"run-{kv}-{i}"
